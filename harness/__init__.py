@@ -1,0 +1,3 @@
+"""pgolf: check, run and rerun Parameter Golf submissions."""
+
+__version__ = "0.1.0"
