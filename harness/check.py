@@ -1,0 +1,184 @@
+"""`pgolf check DIR`: every check over one submission folder, as one verdict.
+
+The order mirrors how a reviewer reads a PR: the folder, the JSON, the logs and
+which seed each backs, then each seed's budgets, the claimed mean, significance
+against the frontier, and a static read of the code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness import budgets, claims as claims_mod, submission
+from harness.code import scan_code, counted_bytes
+from harness.findings import FAIL, INFO, WARN, Evidence, Finding, overall_status
+from harness.folder import find_track, folder_findings, log_files
+from harness.lint import lint_files
+from harness.logs import read_log, tokenizer_of
+from harness.rules import Rules
+from harness.significance import parse_bpb_list, significance_findings
+
+
+class UsageError(Exception):
+    """The input cannot be judged at all (exit 2): not a folder, unreadable, bad option."""
+
+
+@dataclass
+class Verdict:
+    target: str
+    track: str
+    profile: str
+    findings: list[Finding]
+    seeds: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return overall_status(self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = {s: sum(f.status == s for f in self.findings) for s in ("pass", "info", "warn", "fail")}
+        return {
+            "schema_version": 1,
+            "tool": {"name": "pgolf", "version": __version__},
+            "command": "check",
+            "target": self.target,
+            "track": self.track,
+            "profile": self.profile,
+            "status": self.status,
+            "counts": counts,
+            "seeds": {str(k): v for k, v in sorted(self.seeds.items())},
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name: str | None = None,
+                 against: str | None = None) -> Verdict:
+    folder = _usable_folder(folder)
+    if track_name is not None and track_name not in rules.tracks:
+        raise UsageError(f"unknown track '{track_name}'; known: {', '.join(rules.tracks)}")
+    findings: list[Finding] = []
+
+    data, json_problems = submission.load(folder)
+    claimed = submission.claims(data) if data is not None else submission.Claims()
+    track_name, track_note = find_track(folder, rules, track_name, claimed.track)
+    track = rules.tracks[track_name]
+    scan = scan_code(folder, rules)
+
+    findings += folder_findings(folder, scan, rules)
+    findings += [track_note] if track_note else []
+    findings += json_problems
+    if data is not None:
+        findings += submission.validate(data, profile)
+        findings += _json_consistency(folder, claimed, rules, track_name)
+
+    logs = [read_log(p, folder, rules) for p in log_files(folder)]
+    for log in logs:
+        findings += [Finding("logs", FAIL if log.unreadable else WARN, "logs.unreadable" if log.unreadable
+                             else "logs.problem", f"{log.name}: {problem}", (Evidence(log.name),))
+                     for problem in log.problems]
+    matched, seed_findings = claims_mod.match_seeds(claimed, logs, track, rules)
+    findings += seed_findings
+    findings += claims_mod.headline_findings(claimed, matched, rules)
+
+    tokenizer, _ = tokenizer_of([s.log for s in matched] or logs, rules)
+    code_cache: dict[bool, Any] = {}
+    for s in matched:
+        compressed = s.log.get("code_bytes_compressed") is not None
+        if compressed not in code_cache:
+            code_cache[compressed] = counted_bytes(folder, scan, compressed, rules)
+        findings += budgets.size_findings(s, code_cache[compressed], track, claimed, rules)
+        findings += budgets.train_findings(s, track, rules)
+        findings += budgets.eval_findings(s, track, rules)
+        findings += budgets.hardware_findings(s, track)
+        findings += budgets.data_findings(s, tokenizer, rules)
+    if not track.record and track.unlimited_compute_must_say_so:
+        findings += _unlimited_disclosed(folder, matched, rules)
+
+    new = [s.score.val_bpb for s in matched if s.score is not None]
+    frontier, source = _frontier(against, rules, profile)
+    findings += significance_findings(new, frontier, source, tokenizer, track, rules)
+    findings += lint_files(folder, [p for p in scan.counted if p.suffix == ".py" and p.is_file()])
+
+    seeds = {s.seed: _seed_summary(s) for s in matched}
+    return Verdict(str(folder), track_name, profile, findings, seeds)
+
+
+def _usable_folder(folder: Path) -> Path:
+    if not folder.exists():
+        raise UsageError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder (pass the submission's records/<track>/<date>_<name>/ folder)")
+    try:
+        next(folder.iterdir(), None)
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+    return folder.resolve()
+
+
+def _json_consistency(folder: Path, claimed: submission.Claims, rules: Rules, track: str) -> list[Finding]:
+    out: list[Finding] = []
+    json_track = rules.track_for_json_name(claimed.track) if claimed.track else None
+    if claimed.track and json_track != track:
+        out.append(Finding("json", WARN, "json.track_mismatch",
+                           f"submission.json says track '{claimed.track}' but the folder is judged as {track}",
+                           (Evidence(submission.FILE, None, "$.track"),)))
+    if claimed.listed_vs_results:
+        listed, keyed = claimed.listed_vs_results
+        if sorted(map(str, listed)) != sorted(keyed):
+            out.append(Finding("json", FAIL, "json.seeds_disagree",
+                               f"$.seeds lists {listed} but $.seed_results has seeds {sorted(keyed, key=int)}",
+                               (Evidence(submission.FILE, None, "$.seeds"),)))
+    if claimed.date and not claimed.date.startswith(folder.name[:10]):
+        out.append(Finding("json", INFO, "json.date_differs",
+                           f"submission.json date {claimed.date} differs from the folder's {folder.name[:10]}",
+                           (Evidence(submission.FILE, None, "$.date"),)))
+    return out
+
+
+def _unlimited_disclosed(folder: Path, matched: list[claims_mod.SeedEvidence], rules: Rules) -> list[Finding]:
+    """Non-record runs over the record budget must say in their README that compute was unlimited."""
+    limit = next(t.train_limit_s for t in rules.tracks.values() if t.record) * 1000 + rules.tolerances["train_time_ms"]
+    long_runs = [s for s in matched if s.log.train_stop and float(s.log.train_stop.value) > limit]
+    try:
+        text = (folder / "README.md").read_text("utf-8", errors="replace").lower()
+    except OSError:
+        text = ""  # missing or unreadable: the files check already says so
+    if long_runs and "unlimited" not in text:
+        return [Finding("train_time", WARN, "train_time.unlimited_undisclosed",
+                        f"seed {long_runs[0].seed} trained past the record budget but README.md does not say the "
+                        "run used unlimited compute", (Evidence("README.md"),))]
+    return []
+
+
+def _frontier(against: str | None, rules: Rules, profile: str) -> tuple[list[float] | None, str]:
+    if not against:
+        return None, ""
+    values = parse_bpb_list(against)
+    if values is not None:
+        return values, f"--against {against}"
+    path = Path(against)
+    if not path.is_dir():
+        raise UsageError(f"--against {against}: neither a folder nor a comma-separated list of BPB values")
+    other = check_folder(path, rules, profile="historic")
+    scores = [s["val_bpb"] for s in other.seeds.values() if s.get("val_bpb") is not None]
+    if not scores:
+        raise UsageError(f"--against {against}: found no per-seed scores in that folder's logs")
+    return scores, str(path)
+
+
+def _seed_summary(s: claims_mod.SeedEvidence) -> dict[str, Any]:
+    log = s.log
+    value = lambda name: (log.get(name).value if log.get(name) else None)  # noqa: E731
+    return {
+        "log": log.name,
+        "val_bpb": s.score.val_bpb if s.score else None,
+        "val_loss": s.score.val_loss if s.score else None,
+        "score_label": s.score.label if s.score else None,
+        "train_time_ms": float(log.train_stop.value) if log.train_stop else None,
+        "steps": log.steps,
+        "model_bytes": value("model_bytes"),
+        "logged_total_bytes": value("total_bytes"),
+        "world_size": value("world_size"),
+    }

@@ -1,0 +1,63 @@
+"""The `pgolf` command line. Exit codes: 0 pass (or warn), 1 fail, 2 unusable input or usage."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness import __version__
+from harness.atomic import write_text_atomic
+from harness.check import UsageError, check_folder
+from harness.report import render_markdown, render_terminal, verdict_json
+from harness.rules import RulesError, load_rules
+
+EXIT = {"pass": 0, "warn": 0, "fail": 1}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgolf", description="Check, run and rerun Parameter Golf submissions.")
+    parser.add_argument("--version", action="version", version=f"pgolf {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="judge a submission folder before its PR is opened",
+                                description="Judge a records/<track>/YYYY-MM-DD_Name/ folder: files, "
+                                "submission.json, claims against the seed logs, artifact bytes, time limits, "
+                                "significance against a frontier, and a static legality lint.")
+    check.add_argument("folder", type=Path, help="the submission folder")
+    check.add_argument("--profile", choices=["strict", "historic"], default="strict",
+                       help="submission.json schema: strict for new submissions (default), historic accepts "
+                            "every variant in the challenge's records")
+    check.add_argument("--track", help="judge against this track instead of the one the folder sits in")
+    check.add_argument("--against", metavar="DIR|BPB,BPB,...",
+                       help="the frontier: a record folder, or its per-seed val_bpb values")
+    check.add_argument("--json", type=Path, metavar="FILE", help="write the verdict as JSON (verdict.schema.json)")
+    check.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary for a CI step")
+    check.add_argument("--rules", type=Path, metavar="FILE", help="use another rules YAML (default: bundled)")
+    check.add_argument("-v", "--verbose", action="store_true", help="also list passes inside failing groups")
+    check.add_argument("-q", "--quiet", action="store_true", help="print nothing; rely on the exit code and files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        rules = load_rules(args.rules)
+        verdict = check_folder(args.folder, rules, profile=args.profile, track_name=args.track,
+                               against=args.against).to_dict()
+        if args.json:
+            write_text_atomic(args.json, verdict_json(verdict))
+        if args.markdown:
+            write_text_atomic(args.markdown, render_markdown(verdict))
+    except (UsageError, RulesError) as exc:
+        print(f"pgolf: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pgolf: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        render_terminal(verdict, sys.stdout, verbose=args.verbose)
+    return EXIT[verdict["status"]]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The `pgolf` command as a user runs it: a real process, its exit code, its files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import BASELINE, DGATTN, PHASED, SP8192, edit
+from harness.validation import errors
+
+
+def pgolf(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_passing_folder_exits_0_and_writes_a_valid_verdict(record, tmp_path):
+    out = tmp_path / "out" / "verdict.json"
+    md = tmp_path / "out" / "summary.md"
+    run = pgolf("check", record(SP8192), "--json", out, "--markdown", md)
+    assert run.returncode == 0, run.stdout + run.stderr
+    verdict = json.loads(out.read_text())
+    assert list(errors("urn:pgolf:verdict", verdict)) == []
+    assert verdict["status"] == "warn" and verdict["command"] == "check"
+    assert {f["check"] for f in verdict["findings"]} >= {"files", "claims", "size", "train_time", "eval_time"}
+    assert "## pgolf check" in md.read_text() and "| 42 | 1.08079352 |" in md.read_text()
+    assert "WARN train_time" in run.stdout and "Traceback" not in run.stderr
+
+
+def test_failing_folder_exits_1_with_the_evidence_line(record):
+    folder = record(BASELINE)
+    edit(folder / "train.log", "train_time:600038ms step:13780", "train_time:700038ms step:13780")
+    run = pgolf("check", folder, "--profile", "historic")
+    assert run.returncode == 1
+    assert "FAIL seed 1337: training ran 700,038 ms" in run.stdout
+    assert "at train.log:440  stopping_early" in run.stdout
+
+
+def test_non_record_folder_fails(record):
+    assert pgolf("check", record(DGATTN)).returncode == 1
+
+
+def test_unusable_input_exits_2_without_a_traceback(tmp_path):
+    for args in (["check", tmp_path / "missing"], ["check"], ["frobnicate"]):
+        run = pgolf(*args)
+        assert run.returncode == 2, args
+        assert "Traceback" not in run.stderr and run.stderr.strip()
+    assert "no such folder" in pgolf("check", tmp_path / "missing").stderr
+
+
+def test_bad_rules_file_exits_2_naming_the_key(record, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text((Path(__file__).parents[1] / "harness/rules/rules.yaml").read_text()
+                     .replace("artifact_limit_bytes: 16000000        # decimal", "artifact_limit_bytes: lots"))
+    run = pgolf("check", record(SP8192), "--rules", rules)
+    assert run.returncode == 2 and "artifact_limit_bytes" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_rule_change_is_a_data_change(record, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text((Path(__file__).parents[1] / "harness/rules/rules.yaml").read_text()
+                     .replace("artifact_limit_bytes: 16000000        #", "artifact_limit_bytes: 15900000        #"))
+    run = pgolf("check", record(PHASED), "--rules", rules, "--profile", "historic")
+    assert run.returncode == 1 and "over the 15,900,000-byte limit" in run.stdout
+
+
+def test_json_output_is_atomic_and_unwritable_target_exits_2(record, tmp_path):
+    target = tmp_path / "verdict.json"
+    target.write_text("previous verdict")
+    blocker = tmp_path / "dir_not_file"
+    blocker.mkdir()
+    run = pgolf("check", record(SP8192), "--json", blocker)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert pgolf("check", record(SP8192, "2026-04-09_Again"), "--json", target).returncode == 0
+    assert json.loads(target.read_text())["status"] == "warn"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".verdict")] == []
+
+
+def test_python_dash_m_and_console_script_agree(record):
+    folder = record(SP8192)
+    script = Path(sys.executable).with_name("pgolf")
+    if script.exists():  # installed with pip install -e .
+        direct = subprocess.run([script, "check", folder], capture_output=True, text=True)
+        assert direct.stdout == pgolf("check", folder).stdout
