@@ -1,7 +1,13 @@
-"""The `pgolf` command line. Exit codes: 0 pass (or warn), 1 fail, 2 unusable input or usage."""
+"""The `pgolf` command line. Exit codes: 0 pass (or warn), 1 fail, 2 unusable input or usage.
+
+Each subcommand is a small handler that turns arguments into a call of the
+module that does the work, prints its result and returns the exit code; every
+error a user can cause is caught here and printed as one line, never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -12,6 +18,29 @@ from harness.report import render_markdown, render_terminal, verdict_json
 from harness.rules import RulesError, load_rules
 
 EXIT = {"pass": 0, "warn": 0, "fail": 1}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    rules = load_rules(args.rules)
+    verdict = check_folder(args.folder, rules, profile=args.profile, track_name=args.track,
+                           against=args.against).to_dict()
+    if args.json:
+        write_text_atomic(args.json, verdict_json(verdict))
+    if args.markdown:
+        write_text_atomic(args.markdown, render_markdown(verdict))
+    if not args.quiet:
+        render_terminal(verdict, sys.stdout, verbose=args.verbose)
+    return EXIT[verdict["status"]]
+
+
+def cmd_data_demo(args: argparse.Namespace) -> int:
+    from harness.data.demo import DEMO_DIR, build_demo  # imports sentencepiece: only this command needs it
+
+    paths = build_demo(args.out or DEMO_DIR)
+    counts = json.loads(paths.manifest.read_text("utf-8"))["tokens"]
+    print(f"demo data in {paths.root}\n  shards    {paths.dataset}  ({counts['train']:,} train tokens, "
+          f"{counts['val']:,} val tokens)\n  tokenizer {paths.tokenizer}\n  manifest  {paths.manifest}")
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,28 +64,29 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--rules", type=Path, metavar="FILE", help="use another rules YAML (default: bundled)")
     check.add_argument("-v", "--verbose", action="store_true", help="also list passes inside failing groups")
     check.add_argument("-q", "--quiet", action="store_true", help="print nothing; rely on the exit code and files")
+    check.set_defaults(handler=cmd_check)
+
+    data = commands.add_parser("data", help="challenge data: the embedded demo, download, verification")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    demo = data_commands.add_parser("demo", help="(re)build the embedded demo dataset, byte for byte",
+                                    description="Train the demo tokenizer on the committed public-domain corpus "
+                                    "and export challenge-format shards; deterministic, so rebuilding in place "
+                                    "changes nothing.")
+    demo.add_argument("--out", type=Path, help="output folder (default: data/demo in this checkout)")
+    demo.set_defaults(handler=cmd_data_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        rules = load_rules(args.rules)
-        verdict = check_folder(args.folder, rules, profile=args.profile, track_name=args.track,
-                               against=args.against).to_dict()
-        if args.json:
-            write_text_atomic(args.json, verdict_json(verdict))
-        if args.markdown:
-            write_text_atomic(args.markdown, render_markdown(verdict))
+        return args.handler(args)
     except (UsageError, RulesError) as exc:
         print(f"pgolf: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"pgolf: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    if not args.quiet:
-        render_terminal(verdict, sys.stdout, verbose=args.verbose)
-    return EXIT[verdict["status"]]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Challenge data: the shard format, variant manifest, download and verification."""
