@@ -1,0 +1,208 @@
+"""The harness side of the event channel (schemas/protocol.md).
+
+One Unix stream socket, one connection per rank, read by a single selector
+thread so events are handled in one total order. Every frame is stamped with
+the harness's monotonic clock on arrival. Before an `update` declaration is
+checked, every other connection is drained: a rank's scores sent before the
+collective that precedes a TTT step are already in the kernel's buffers then,
+so ordering across ranks is judged on what was sent, not on thread scheduling.
+"""
+from __future__ import annotations
+
+import json
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from harness.client.pgolf_events import AUDIT, AUDIT_HEAD, HEADER, JSON, MAX_PAYLOAD, PROTOCOL, RANGE, SCORES
+from harness.ledger import Ledger
+from harness.validation import errors
+
+MARKS = ("train_start", "train_end", "eval_start", "eval_end")
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    buffer: bytearray = field(default_factory=bytearray)
+    rank: int | None = None
+
+
+@dataclass
+class Received:
+    """What the phase reported, with harness arrival times (time.monotonic())."""
+
+    hellos: dict[int, dict[str, Any]] = field(default_factory=dict)
+    marks: dict[str, dict[int, float]] = field(default_factory=dict)  # name -> rank -> time
+    results: dict[int, dict[str, float]] = field(default_factory=dict)
+    score_frames: int = 0
+    score_values: int = 0
+    problems: list[str] = field(default_factory=list)  # protocol violations, in arrival order
+
+
+class EventServer:
+    """Listen on `path`; feed `ledger` (None in the train phase, which must not score)."""
+
+    def __init__(self, path: Path, log: IO[str], ledger: Ledger | None = None):
+        self.path, self.log, self.ledger = Path(path), log, ledger
+        self.received = Received()
+        self._selector = selectors.DefaultSelector()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.path))
+        self._listener.listen(64)
+        self._listener.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._conns: dict[socket.socket, _Conn] = {}
+        self._held: set[int] = set()  # connections paused mid-update while the others are drained
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pgolf-events", daemon=True)
+
+    def __enter__(self) -> "EventServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Read what is still buffered, then stop (call after the phase's processes have exited)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for conn in list(self._conns.values()):
+            self._drain(conn)
+            self._drop(conn)
+        self._selector.close()
+        self._listener.close()
+        self.path.unlink(missing_ok=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(timeout=0.05):
+                if key.fileobj is self._listener:
+                    self._accept()
+                else:
+                    self._read(self._conns[key.fileobj])
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        self._conns[sock] = _Conn(sock)
+        self._selector.register(sock, selectors.EVENT_READ)
+
+    def _drop(self, conn: _Conn) -> None:
+        self._selector.unregister(conn.sock)
+        conn.sock.close()
+        del self._conns[conn.sock]
+
+    def _receive(self, conn: _Conn) -> bool:
+        """Move what the socket holds into the buffer; False once the peer has closed."""
+        while True:
+            try:
+                chunk = conn.sock.recv(1 << 20)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            conn.buffer += chunk
+
+    def _read(self, conn: _Conn) -> None:
+        open_ = self._receive(conn)
+        self._frames(conn)
+        if not open_ and conn.sock in self._conns:
+            self._drop(conn)
+
+    def _drain(self, conn: _Conn) -> None:
+        self._receive(conn)
+        self._frames(conn)
+
+    def _frames(self, conn: _Conn) -> None:
+        if id(conn) in self._held:
+            return  # its frames after the pending update must wait until that update is judged
+        while len(conn.buffer) >= HEADER.size:
+            kind, length = HEADER.unpack_from(conn.buffer)
+            if length > MAX_PAYLOAD or kind not in (JSON, SCORES, AUDIT):
+                self._problem(conn, f"malformed frame (kind {kind!r}, length {length}); connection dropped")
+                conn.buffer.clear()
+                return
+            if len(conn.buffer) < HEADER.size + length:
+                return
+            payload = bytes(conn.buffer[HEADER.size:HEADER.size + length])
+            del conn.buffer[:HEADER.size + length]
+            self._handle(conn, kind, payload, time.monotonic())
+
+    def _problem(self, conn: _Conn, text: str) -> None:
+        who = f"rank {conn.rank}" if conn.rank is not None else "an unidentified connection"
+        self.received.problems.append(f"{who}: {text}")
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        self.log.write(json.dumps(entry) + "\n")
+
+    def _handle(self, conn: _Conn, kind: bytes, payload: bytes, t: float) -> None:
+        if kind == JSON:
+            try:
+                message = json.loads(payload.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                return self._problem(conn, f"JSON frame is not valid JSON ({exc})")
+            problems = list(errors("urn:pgolf:protocol#/$defs/message", message))
+            if problems:
+                return self._problem(conn, "; ".join(problems))
+            return self._message(conn, message, t)
+        if conn.rank is None:
+            return self._problem(conn, "sent data before its hello")
+        if kind == SCORES:
+            if len(payload) < RANGE.size or (len(payload) - RANGE.size) % 4:
+                return self._problem(conn, f"score frame of {len(payload)} bytes is not a range + float32s")
+            start, end = RANGE.unpack_from(payload)
+            nlls = np.frombuffer(payload, dtype="<f4", offset=RANGE.size)
+            if end - start != nlls.size:
+                return self._problem(conn, f"score frame says [{start}, {end}) but carries {nlls.size} values")
+            self.received.score_frames += 1
+            self.received.score_values += nlls.size
+            self._record({"t": t, "rank": conn.rank, "type": "score", "start": start, "end": end})
+            if self.ledger is None:
+                return self._problem(conn, "sent scores in the train phase, which has no validation data")
+            return self.ledger.score(start, nlls, conn.rank)
+        position, vocab = AUDIT_HEAD.unpack_from(payload) if len(payload) >= AUDIT_HEAD.size else (-1, -1)
+        logprobs = np.frombuffer(payload, dtype="<f4", offset=AUDIT_HEAD.size) if vocab >= 0 else None
+        if logprobs is None or logprobs.size != vocab:
+            return self._problem(conn, f"audit frame of {len(payload)} bytes does not hold its {vocab} values")
+        self._record({"t": t, "rank": conn.rank, "type": "audit", "position": position})
+        if self.ledger is not None:
+            self.ledger.audit(position, logprobs, conn.rank)
+
+    def _message(self, conn: _Conn, message: dict[str, Any], t: float) -> None:
+        kind = message["type"]
+        if kind == "hello":
+            if message["protocol"] != PROTOCOL:
+                self._problem(conn, f"speaks protocol {message['protocol']}, the harness {PROTOCOL}")
+            conn.rank = message["rank"]
+            self.received.hellos[conn.rank] = {**message, "t": t}
+        elif conn.rank is None:
+            return self._problem(conn, f"sent '{kind}' before its hello")
+        elif kind == "mark":
+            self.received.marks.setdefault(message["name"], {})[conn.rank] = t
+        elif kind == "update":
+            self._held.add(id(conn))
+            for other in list(self._conns.values()):
+                if other is not conn:
+                    self._drain(other)
+            self._held.discard(id(conn))
+            if self.ledger is None:
+                self._problem(conn, "declared a validation update in the train phase")
+            else:
+                self.ledger.update(message["start"], message["end"], conn.rank)
+        elif kind == "result":
+            self.received.results[conn.rank] = {"val_loss": message["val_loss"], "val_bpb": message["val_bpb"]}
+        self._record({"t": t, "rank": conn.rank, **message})

@@ -1,0 +1,139 @@
+"""The score ledger: does the evaluation respect C2, C3 and C4 (rules.md §2.1)?
+
+Fed, in arrival order, with what every rank reports over the event channel:
+`score` ranges with their NLLs, `update` declarations made before each state
+change, and `audit` distributions at seeded positions. It keeps one counter and
+one NLL per validation position, so 40M positions cost 200 MB and every check
+is a numpy slice, not a Python loop.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.findings import FAIL, PASS, WARN, Finding
+
+EXAMPLES = 5  # violations quoted per kind; the rest are counted
+
+
+@dataclass
+class _Kind:
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+class Ledger:
+    """Positions 1 … n_tokens-1 of the validation stream are the targets; 0 (the first BOS) is not."""
+
+    def __init__(self, tokens: np.ndarray, audit_positions: list[int], tolerance: float = 1e-3):
+        self.tokens = np.asarray(tokens)
+        self.n = int(self.tokens.size)
+        self.count = np.zeros(self.n, dtype=np.uint8)
+        self.nll = np.full(self.n, np.nan, dtype=np.float32)
+        self.audit_wanted = set(audit_positions)
+        self.audits: dict[int, tuple[float, float]] = {}  # position -> (logsumexp, -logprob[target])
+        self.tolerance = tolerance
+        self.last_update_end = 0
+        self.updates = 0
+        self.problems: dict[str, _Kind] = {}
+
+    def _problem(self, kind: str, text: str) -> None:
+        entry = self.problems.setdefault(kind, _Kind())
+        entry.count += 1
+        if len(entry.examples) < EXAMPLES:
+            entry.examples.append(text)
+
+    def score(self, start: int, nlls: np.ndarray, rank: int) -> None:
+        end = start + nlls.size
+        lo, hi = max(start, 1), min(end, self.n)
+        if (lo, hi) != (start, end):
+            self._problem("out_of_range", f"rank {rank} scored [{start}, {end}); targets are [1, {self.n})")
+            if hi <= lo:
+                return
+            nlls, start, end = nlls[lo - start: hi - start], lo, hi
+        if not np.isfinite(nlls).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(nlls))[0])
+            self._problem("not_finite", f"rank {rank} sent a non-finite NLL at position {bad}")
+        already = np.flatnonzero(self.count[start:end])
+        if already.size:
+            self._problem("double_scored", f"rank {rank} scored positions {start + int(already[0])}… again "
+                                           f"({already.size} of [{start}, {end}))")
+        self.count[start:end] += 1
+        self.nll[start:end] = nlls
+
+    def update(self, start: int, end: int, rank: int) -> None:
+        self.updates += 1
+        if start < 0 or end > self.n or start >= end:
+            self._problem("bad_update", f"rank {rank} declared update [{start}, {end}) outside [0, {self.n})")
+            return
+        lo = max(start, 1)
+        unscored = np.flatnonzero(self.count[lo:end] == 0)
+        if unscored.size:
+            self._problem("update_before_score",
+                          f"rank {rank} declared an update on [{start}, {end}) while {unscored.size} of its "
+                          f"positions were not yet scored (first: {lo + int(unscored[0])})")
+        if start < self.last_update_end and end > self.last_update_end:
+            self._problem("update_order", f"rank {rank} declared [{start}, {end}) overlapping the previous "
+                                          f"update, which ended at {self.last_update_end}")
+        self.last_update_end = max(self.last_update_end, end)
+
+    def audit(self, position: int, logprobs: np.ndarray, rank: int) -> None:
+        if not 1 <= position < self.n:
+            self._problem("out_of_range", f"rank {rank} audited position {position} outside [1, {self.n})")
+            return
+        top = float(np.max(logprobs))
+        lse = top + math.log(float(np.sum(np.exp(logprobs.astype(np.float64) - top))))
+        target = int(self.tokens[position])
+        picked = -float(logprobs[target]) if target < logprobs.size else math.inf
+        self.audits[position] = (lse, picked)
+
+    def findings(self) -> list[Finding]:
+        """C4 coverage, C3 ordering and C2 normalisation, as findings of check `ledger`."""
+        out: list[Finding] = []
+        counts = self.count[1:]
+        missing = int(np.count_nonzero(counts == 0))
+        twice = int(np.count_nonzero(counts > 1))
+        for kind, entry in self.problems.items():
+            status = WARN if kind == "update_order" else FAIL
+            out.append(Finding("ledger", status, f"ledger.{kind}", f"{entry.count} × {entry.examples[0]}",
+                               data={"count": entry.count, "examples": entry.examples}))
+        if missing:
+            first = 1 + int(np.flatnonzero(counts == 0)[0])
+            out.append(Finding("ledger", FAIL, "ledger.missing",
+                               f"C4: {missing:,} of {self.n - 1:,} target positions were never scored "
+                               f"(first: {first})", data={"missing": missing}))
+        if not missing and not twice:
+            out.append(Finding("ledger", PASS, "ledger.single_pass",
+                               f"C4: each of the {self.n - 1:,} target positions was scored exactly once"))
+        if self.updates and "update_before_score" not in self.problems:
+            out.append(Finding("ledger", PASS, "ledger.score_before_update",
+                               f"C3: all {self.updates} update declarations covered already-scored positions"))
+        out += self._audit_findings()
+        return out
+
+    def _audit_findings(self) -> list[Finding]:
+        absent = sorted(self.audit_wanted - set(self.audits))
+        out: list[Finding] = []
+        if absent:
+            out.append(Finding("ledger", WARN, "ledger.audit_missing",
+                               f"C2 not verified at {len(absent)} of {len(self.audit_wanted)} audit positions "
+                               f"(no distribution sent; first: {absent[0]})"))
+        unnormalised = [(p, lse) for p, (lse, _) in sorted(self.audits.items()) if abs(lse) > self.tolerance]
+        if unnormalised:
+            p, lse = unnormalised[0]
+            out.append(Finding("ledger", FAIL, "ledger.unnormalized",
+                               f"C2: at {len(unnormalised)} audited positions the distribution does not sum to 1 "
+                               f"(position {p}: logsumexp = {lse:.4g}, sum = {math.exp(min(lse, 700)):.4g})"))
+        disagree = [(p, picked, float(self.nll[p])) for p, (_, picked) in sorted(self.audits.items())
+                    if not abs(picked - float(self.nll[p])) <= self.tolerance * max(1.0, abs(picked))]
+        if disagree:
+            p, picked, reported = disagree[0]
+            out.append(Finding("ledger", FAIL, "ledger.audit_mismatch",
+                               f"C2: at {len(disagree)} audited positions the reported NLL is not -log p(target) of "
+                               f"the audited distribution (position {p}: {reported:.6g} vs {picked:.6g})"))
+        if self.audits and not unnormalised and not disagree:
+            out.append(Finding("ledger", PASS, "ledger.normalized",
+                               f"C2: {len(self.audits)} audited distributions sum to 1 and match the reported NLLs"))
+        return out

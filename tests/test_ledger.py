@@ -1,0 +1,193 @@
+"""The event channel and the score ledger, with real Unix sockets and the real client."""
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import threading
+
+import numpy as np
+import pytest
+
+from harness.client.pgolf_events import Events, audit_positions
+from harness.events import EventServer
+from harness.ledger import Ledger
+
+N = 2001  # stream positions; targets are 1 … 2000
+TOKENS = np.random.default_rng(0).integers(0, 50, size=N).astype(np.uint16)
+TOKENS[0] = 1
+VOCAB = 50
+
+
+def distribution(position: int, normalised: bool = True) -> np.ndarray:
+    logits = np.random.default_rng(position).normal(size=VOCAB)
+    logprobs = logits - np.log(np.exp(logits).sum())
+    return (logprobs if normalised else logits).astype(np.float32)
+
+
+def nll_at(position: int) -> float:
+    return float(-distribution(position)[TOKENS[position]])
+
+
+def serve(tmp_path, ranks, audits=()):
+    """Run `ranks` (functions of an Events client) concurrently against a fresh server."""
+    ledger = Ledger(TOKENS, list(audits))
+    log = io.StringIO()
+    with EventServer(tmp_path / "events.sock", log, ledger) as server:
+        threads = [threading.Thread(target=_rank, args=(tmp_path / "events.sock", r, len(ranks), fn))
+                   for r, fn in enumerate(ranks)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return server.received, {f.code: f for f in ledger.findings()}, log.getvalue()
+
+
+def _rank(path, rank, world, fn):
+    events = Events(str(path), rank, world)
+    fn(events)
+    events.close()
+
+
+def score_range(events, lo, hi):
+    events.scores(lo, [nll_at(p) for p in range(lo, hi)])
+
+
+def test_score_first_two_ranks_pass(tmp_path):
+    barrier = threading.Barrier(2)
+    audits = [5, 700, 1500]
+
+    def rank(events):
+        for chunk in range(4):  # 500-position chunks, split between the two ranks
+            lo = 1 + chunk * 500
+            mid = lo + 250
+            mine = (lo, mid) if events.rank == 0 else (mid, min(lo + 500, N))
+            score_range(events, *mine)
+            for p in audits:
+                if mine[0] <= p < mine[1]:
+                    events.audit(p, distribution(p))
+            barrier.wait()  # the collective before a TTT step
+            if chunk < 3:  # the last chunk is never trained on
+                events.update(lo, lo + 500)
+            barrier.wait()
+        events.mark("eval_end")
+
+    received, found, log = serve(tmp_path, [rank, rank], audits)
+    assert {"ledger.single_pass", "ledger.score_before_update", "ledger.normalized"} == set(found)
+    assert received.score_values == N - 1 and set(received.marks["eval_end"]) == {0, 1}
+    assert '"type": "update"' in log and received.problems == []
+
+
+def test_update_before_score_fails(tmp_path):
+    def cheat(events):
+        events.update(1, 501)  # adapt on the chunk first (pre-quant TTT)
+        score_range(events, 1, N)
+
+    found = serve(tmp_path, [cheat])[1]
+    assert found["ledger.update_before_score"].status == "fail"
+    assert "first: 1" in found["ledger.update_before_score"].message
+
+
+def test_double_and_missing_positions_fail(tmp_path):
+    def sloppy(events):
+        score_range(events, 1, 1001)
+        score_range(events, 900, 1500)  # overlap, and 1500 … 2000 never scored
+
+    found = serve(tmp_path, [sloppy])[1]
+    assert found["ledger.double_scored"].status == "fail" and "900" in found["ledger.double_scored"].message
+    assert found["ledger.missing"].data == {"missing": 501}
+
+
+def test_out_of_range_and_non_finite_fail(tmp_path):
+    def wrong(events):
+        events.scores(0, [1.0] * 5)  # position 0 is not a target
+        events.scores(5, [float("nan")])
+
+    found = serve(tmp_path, [wrong])[1]
+    assert {"ledger.out_of_range", "ledger.not_finite", "ledger.missing"} <= set(found)
+
+
+def test_unnormalised_and_mismatched_audits_fail(tmp_path):
+    def audited(events):
+        score_range(events, 1, N)
+        events.audit(10, distribution(10, normalised=False))
+        good = distribution(20)
+        good[TOKENS[20]] -= 0.5  # reported NLL no longer -log p(target)
+        events.audit(20, good - np.log(np.exp(good.astype(np.float64)).sum()))
+
+    found = serve(tmp_path, [audited], audits=[10, 20, 30])[1]
+    assert found["ledger.unnormalized"].status == "fail" and "position 10" in found["ledger.unnormalized"].message
+    assert found["ledger.audit_mismatch"].status == "fail" and "at 2 audited" in found["ledger.audit_mismatch"].message
+    assert found["ledger.audit_missing"].status == "warn"
+
+
+def test_overlapping_updates_warn(tmp_path):
+    def rank(events):
+        score_range(events, 1, N)
+        events.update(1, 1001)
+        events.update(500, 1500)
+
+    assert serve(tmp_path, [rank])[1]["ledger.update_order"].status == "warn"
+
+
+def test_cross_rank_order_is_judged_on_what_was_sent(tmp_path):
+    """Rank 1's scores are sent before the barrier; rank 0's update after it must see them."""
+    for _ in range(20):  # a race would show within a few repetitions
+        barrier = threading.Barrier(2)
+
+        def rank(events):
+            half = (1, 1001) if events.rank == 0 else (1001, N)
+            score_range(events, *half)
+            barrier.wait()
+            if events.rank == 0:
+                events.update(1, N)
+
+        found = serve(tmp_path, [rank, rank])[1]
+        assert "ledger.update_before_score" not in found, found
+
+
+def test_protocol_violations_are_recorded(tmp_path):
+    ledger = Ledger(TOKENS, [])
+    with EventServer(tmp_path / "e.sock", io.StringIO(), ledger) as server:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(str(tmp_path / "e.sock"))
+        raw.sendall(b"J" + struct.pack("<I", 15) + b'{"type":"mark"}')  # no hello, no name
+        raw.sendall(b"S" + struct.pack("<I", 16) + struct.pack("<qq", 1, 2))  # data before hello
+        raw.sendall(b"X" + struct.pack("<I", 3) + b"abc")
+        raw.close()
+    problems = " | ".join(server.received.problems)
+    assert "missing required key 'name'" in problems and "before its hello" in problems
+    assert "malformed frame" in problems
+
+
+def test_train_phase_must_not_score(tmp_path):
+    with EventServer(tmp_path / "t.sock", io.StringIO(), ledger=None) as server:
+        events = Events(str(tmp_path / "t.sock"), 0, 1)
+        events.mark("train_start")
+        events.scores(1, [0.5, 0.5])
+        events.close()
+    assert any("train phase" in p for p in server.received.problems)
+    assert 0 in server.received.marks["train_start"]
+
+
+def test_client_is_a_no_op_outside_the_harness(monkeypatch):
+    monkeypatch.delenv("PGOLF_EVENTS", raising=False)
+    events = Events.from_env()
+    assert not events.active
+    events.scores(1, [1.0]), events.update(1, 2), events.mark("eval_start"), events.close()
+
+
+def test_audit_positions_are_shared_and_valid():
+    chosen = audit_positions(7, N)
+    assert chosen == audit_positions(7, N) and len(chosen) == 64 and chosen == sorted(set(chosen))
+    assert 1 <= chosen[0] and chosen[-1] < N
+    assert audit_positions(7, 10) == list(range(1, 10))
+
+
+@pytest.mark.parametrize("bad", [b"\x00" * 10])
+def test_short_score_frame_is_a_problem(tmp_path, bad):
+    with EventServer(tmp_path / "s.sock", io.StringIO(), Ledger(TOKENS, [])) as server:
+        events = Events(str(tmp_path / "s.sock"), 0, 1)
+        events._frame(b"S", bad)
+        events.close()
+    assert "not a range + float32s" in server.received.problems[0]
