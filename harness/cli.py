@@ -13,7 +13,9 @@ from pathlib import Path
 
 from harness import __version__
 from harness.atomic import write_text_atomic
-from harness.check import UsageError, check_folder
+from harness.check import check_folder
+from harness.data.variants import DataError
+from harness.findings import UsageError
 from harness.report import render_markdown, render_terminal, verdict_json
 from harness.rules import RulesError, load_rules
 
@@ -31,6 +33,36 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.quiet:
         render_terminal(verdict, sys.stdout, verbose=args.verbose)
     return EXIT[verdict["status"]]
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from harness.data.fetch import HubSource, LocalSource, fetch
+    from harness.data.variants import get_variant
+    from harness.data.verify import verify
+
+    variant = get_variant(args.variant)
+    source = (LocalSource(args.from_dir, args.remote_root) if args.from_dir
+              else HubSource(args.repo, args.remote_root, args.revision) if args.repo else None)
+    try:
+        report = fetch(variant.name, args.dest, args.train_shards, source=source, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("pgolf: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    checked = verify(report.dataset_dir, variant)
+    if not args.quiet:
+        print(report.render())
+        print(checked.render())
+    return 0 if checked.ok else 1
+
+
+def cmd_data_verify(args: argparse.Namespace) -> int:
+    from harness.data.verify import verify
+
+    if not args.folder.is_dir():
+        raise UsageError(f"{args.folder}: no such folder")
+    report = verify(args.folder, args.variant, args.tokenizer)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
+    return 0 if report.ok else 1
 
 
 def cmd_data_demo(args: argparse.Namespace) -> int:
@@ -74,6 +106,27 @@ def _parser() -> argparse.ArgumentParser:
                                     "changes nothing.")
     demo.add_argument("--out", type=Path, help="output folder (default: data/demo in this checkout)")
     demo.set_defaults(handler=cmd_data_demo)
+
+    fetch = data_commands.add_parser("fetch", help="download the published FineWeb shards and tokenizer",
+                                     description="Download all validation shards, the first N training shards and "
+                                     "the tokenizer of a variant from its Hugging Face dataset repository (the "
+                                     "challenge's own source), with resume and verification.")
+    fetch.add_argument("--variant", required=True, help="sp1024, sp4096, sp8192, caseops, byte260")
+    fetch.add_argument("--train-shards", type=int, default=80, help="training shards to fetch (default: 80)")
+    fetch.add_argument("--dest", type=Path, default=Path("data"), help="destination root (default: ./data)")
+    fetch.add_argument("--repo", help="another Hugging Face dataset repository id")
+    fetch.add_argument("--remote-root", default="datasets", help="folder of manifest.json in the repository")
+    fetch.add_argument("--revision", help="repository revision (branch, tag or commit)")
+    fetch.add_argument("--from-dir", type=Path, help="a local folder laid out like the hub repository")
+    fetch.add_argument("-q", "--quiet", action="store_true", help="no progress bar or report")
+    fetch.set_defaults(handler=cmd_data_fetch)
+
+    verify = data_commands.add_parser("verify", help="check a dataset folder: headers, sizes, token counts, hash")
+    verify.add_argument("folder", type=Path, help="e.g. data/datasets/fineweb10B_sp8192")
+    verify.add_argument("--variant", help="the variant (default: from the folder name or the token count)")
+    verify.add_argument("--tokenizer", type=Path, help="tokenizer file (default: ../../tokenizers/<name>)")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(handler=cmd_data_verify)
     return parser
 
 
@@ -81,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (UsageError, RulesError) as exc:
+    except (UsageError, RulesError, DataError) as exc:
         print(f"pgolf: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
