@@ -6,51 +6,18 @@ against the frontier, and a static read of the code.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import __version__
 from harness import budgets, claims as claims_mod, submission
 from harness.code import scan_code, counted_bytes
-from harness.findings import FAIL, INFO, WARN, Evidence, Finding, overall_status
+from harness.findings import FAIL, INFO, WARN, Evidence, Finding, UsageError
 from harness.folder import find_track, folder_findings, log_files
 from harness.lint import lint_files
 from harness.logs import read_log, tokenizer_of
 from harness.rules import Rules
 from harness.significance import parse_bpb_list, significance_findings
-
-
-class UsageError(Exception):
-    """The input cannot be judged at all (exit 2): not a folder, unreadable, bad option."""
-
-
-@dataclass
-class Verdict:
-    target: str
-    track: str
-    profile: str
-    findings: list[Finding]
-    seeds: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def status(self) -> str:
-        return overall_status(self.findings)
-
-    def to_dict(self) -> dict[str, Any]:
-        counts = {s: sum(f.status == s for f in self.findings) for s in ("pass", "info", "warn", "fail")}
-        return {
-            "schema_version": 1,
-            "tool": {"name": "pgolf", "version": __version__},
-            "command": "check",
-            "target": self.target,
-            "track": self.track,
-            "profile": self.profile,
-            "status": self.status,
-            "counts": counts,
-            "seeds": {str(k): v for k, v in sorted(self.seeds.items())},
-            "findings": [f.to_dict() for f in self.findings],
-        }
+from harness.verdict import Verdict
 
 
 def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name: str | None = None,

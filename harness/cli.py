@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from harness import __version__
@@ -33,6 +34,49 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.quiet:
         render_terminal(verdict, sys.stdout, verbose=args.verbose)
     return EXIT[verdict["status"]]
+
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_DATASET = REPO / "data/demo/datasets/fineweb10B_demo1024"
+DEMO_TOKENIZER = REPO / "data/demo/tokenizers/demo_1024_bpe.model"
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds {text}: expected comma-separated integers, e.g. 1,2,3") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UsageError(f"--seeds {text}: expected distinct non-negative integers")
+    return seeds
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.run import RunSpec, run_seed  # imports numpy and the event server: only runs need them
+
+    rules = load_rules(args.rules)
+    if args.track not in rules.tracks:
+        raise UsageError(f"unknown track '{args.track}'; known: {', '.join(rules.tracks)}")
+    for path, what in ((args.submission, "submission folder"), (args.data, "dataset folder")):
+        if not path.is_dir():
+            raise UsageError(f"{path}: no such {what}")
+    if not args.tokenizer.is_file():
+        raise UsageError(f"{args.tokenizer}: no such tokenizer file")
+    if args.nproc < 1:
+        raise UsageError("--nproc must be at least 1")
+    limits = rules.hard_limits
+    out = args.out or REPO / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}_{args.submission.resolve().name}"
+    worst = 0
+    for seed in _seeds(args.seeds):
+        spec = RunSpec(args.submission.resolve(), args.data.resolve(), args.tokenizer.resolve(), seed, args.nproc,
+                       out.resolve() / f"seed_{seed}", args.track, args.train_limit or limits["train_s"],
+                       args.eval_limit or limits["eval_s"], limits["grace_s"], echo=not args.quiet)
+        verdict = run_seed(spec, rules).to_dict()
+        if not args.quiet:
+            render_terminal(verdict, sys.stdout, verbose=args.verbose)
+            print(f"  run folder: {spec.out}")
+        worst = max(worst, EXIT[verdict["status"]])
+    return worst
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
@@ -97,6 +141,25 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("-v", "--verbose", action="store_true", help="also list passes inside failing groups")
     check.add_argument("-q", "--quiet", action="store_true", help="print nothing; rely on the exit code and files")
     check.set_defaults(handler=cmd_check)
+
+    run = commands.add_parser("run", help="one seeded run as isolated, timed train and eval phases",
+                              description="Run a submission's train phase (training shards only, must leave an "
+                              "artifact) and eval phase (artifact + validation shards, no network) under torchrun; "
+                              "the harness measures the clocks, counts the artifact bytes, computes val_bpb itself "
+                              "and audits the score-first ledger. Defaults: the tiny example on the embedded demo data.")
+    run.add_argument("--submission", type=Path, default=REPO / "examples/tiny", help="folder with train_gpt.py")
+    run.add_argument("--seeds", default="1", help="comma-separated seeds, one run each (default: 1)")
+    run.add_argument("--nproc", type=int, default=2, help="ranks per phase (torchrun --nproc_per_node)")
+    run.add_argument("--data", type=Path, default=DEMO_DATASET, help="folder with fineweb_{train,val}_*.bin")
+    run.add_argument("--tokenizer", type=Path, default=DEMO_TOKENIZER, help="SentencePiece model file")
+    run.add_argument("--out", type=Path, help="run folder (default: runs/<time>_<submission>); seeds go in seed_<s>/")
+    run.add_argument("--track", default="track_10min_16mb", help="track whose limits judge the run")
+    run.add_argument("--train-limit", type=float, help="hard limit of the train phase in s (default: rules.yaml)")
+    run.add_argument("--eval-limit", type=float, help="hard limit of the eval phase in s (default: rules.yaml)")
+    run.add_argument("--rules", type=Path, metavar="FILE", help="use another rules YAML (default: bundled)")
+    run.add_argument("-v", "--verbose", action="store_true", help="also list passes inside failing groups")
+    run.add_argument("-q", "--quiet", action="store_true", help="print nothing; rely on the exit code and files")
+    run.set_defaults(handler=cmd_run)
 
     data = commands.add_parser("data", help="challenge data: the embedded demo, download, verification")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -13,6 +13,10 @@ PASS, INFO, WARN, FAIL = "pass", "info", "warn", "fail"
 _SEVERITY = {INFO: 0, PASS: 0, WARN: 1, FAIL: 2}
 
 
+class UsageError(Exception):
+    """The input cannot be judged at all (exit 2): not a folder, unreadable, bad option."""
+
+
 @dataclass(frozen=True)
 class Evidence:
     """Where a finding comes from: a file, optionally a 1-based line and its text."""

@@ -33,7 +33,7 @@ def _where(e: dict[str, Any]) -> str:
 def render_terminal(verdict: dict[str, Any], out: TextIO = sys.stdout, verbose: bool = False) -> None:
     """Grouped findings, worst first; passes and infos are folded in a group that has problems."""
     paint = (lambda s, t: f"\033[{_COLOR[s]}m{t}\033[0m") if out.isatty() else (lambda s, t: t)  # noqa: E731
-    out.write(f"pgolf check {verdict['target']}\n  track {verdict['track']}, profile {verdict['profile']}\n")
+    out.write(f"pgolf {verdict['command']} {verdict['target']}\n  track {verdict['track']}, profile {verdict['profile']}\n")
     for check, group in _groups(verdict["findings"]):
         worst = max((f["status"] for f in group), key=_RANK.index)
         out.write(f"\n{paint(worst, _MARK[worst])} {check}\n")
@@ -50,7 +50,7 @@ def render_terminal(verdict: dict[str, Any], out: TextIO = sys.stdout, verbose: 
 
 def render_markdown(verdict: dict[str, Any]) -> str:
     icon = {PASS: "✅", INFO: "ℹ️", WARN: "⚠️", FAIL: "❌"}
-    lines = [f"## pgolf check: {icon[verdict['status']]} {verdict['status'].upper()}", "",
+    lines = [f"## pgolf {verdict['command']}: {icon[verdict['status']]} {verdict['status'].upper()}", "",
              f"`{verdict['target']}` · track `{verdict['track']}` · profile `{verdict['profile']}`", ""]
     if verdict["seeds"]:
         lines += ["| seed | val_bpb | train ms | steps | model bytes | log |", "|---|---|---|---|---|---|"]

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from conftest import BASELINE, DGATTN, LEAKY, PHASED, SP8192, codes, edit, finding, judge
-from harness.check import UsageError, check_folder
+from harness.check import check_folder
+from harness.findings import UsageError
 
 
 # --- the real folders, as they are --------------------------------------------------------

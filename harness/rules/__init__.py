@@ -42,6 +42,10 @@ class Rules:
     tracks: dict[str, Track]
 
     @property
+    def hard_limits(self) -> dict[str, float]:
+        return self.raw["hard_limits"]
+
+    @property
     def tolerances(self) -> dict[str, float]:
         return self.raw["tolerances"]
 

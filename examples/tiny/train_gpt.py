@@ -1,0 +1,190 @@
+"""A tiny protocol-speaking submission for pgolf's own tests (schemas/protocol.md).
+
+A two-layer causal transformer trained for a few seconds on the demo shards,
+then evaluated with score-first test-time training: each chunk of validation
+positions is scored under no_grad and reported, declared as an update, and
+only then trained on; the last chunk is never trained on. TINY_BUG switches on
+one deliberate violation at a time, so the harness's checks can be shown to fail.
+"""
+import glob
+import math
+import os
+import time
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from pgolf_events import Events, audit_positions
+
+BUG = os.environ.get("TINY_BUG", "")
+SEQ, DIM, HEADS, LAYERS = 64, 64, 2, 2
+STEPS, BATCH, LR = int(os.environ.get("TINY_STEPS", 120)), 16, 3e-3
+CHUNK, TTT_LR = 8192, 1e-3
+
+
+def read_tokens(pattern: str) -> np.ndarray:
+    out = []
+    for path in sorted(glob.glob(pattern)):
+        header = np.fromfile(path, dtype="<i4", count=256)
+        assert header[0] == 20240520 and header[1] == 1, path
+        out.append(np.fromfile(path, dtype="<u2", offset=1024, count=int(header[2])))
+    return np.concatenate(out).astype(np.int64)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(DIM), nn.LayerNorm(DIM)
+        self.qkv, self.proj = nn.Linear(DIM, 3 * DIM), nn.Linear(DIM, DIM)
+        self.mlp = nn.Sequential(nn.Linear(DIM, 4 * DIM), nn.GELU(), nn.Linear(4 * DIM, DIM))
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, HEADS, DIM // HEADS).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, DIM)
+        x = x + self.proj(y)
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.emb, self.pos = nn.Embedding(vocab, DIM), nn.Parameter(torch.zeros(SEQ, DIM))
+        self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
+        self.ln, self.head = nn.LayerNorm(DIM), nn.Linear(DIM, vocab, bias=False)
+
+    def forward(self, idx):
+        x = self.emb(idx) + self.pos[: idx.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return F.log_softmax(self.head(self.ln(x)).float(), dim=-1)
+
+
+def average_gradients(model, world):
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def train(events, rank, world, vocab):
+    tokens = read_tokens(os.path.join(os.environ["DATA_PATH"], "fineweb_train_*.bin"))
+    torch.manual_seed(int(os.environ["SEED"]))
+    model = TinyGPT(vocab)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    rng = np.random.default_rng(int(os.environ["SEED"]) * 100 + rank)
+    events.mark("train_start")
+    for step in range(1, STEPS + 1):
+        starts = rng.integers(0, len(tokens) - SEQ - 1, size=BATCH)
+        batch = torch.from_numpy(np.stack([tokens[s:s + SEQ + 1] for s in starts]))
+        logp = model(batch[:, :-1])
+        loss = F.nll_loss(logp.reshape(-1, vocab), batch[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        average_gradients(model, world)
+        opt.step()
+        if rank == 0 and (step % 20 == 0 or step == 1):
+            print(f"step:{step}/{STEPS} train_loss:{loss.item():.4f}", flush=True)
+    events.mark("train_end")
+    if rank == 0:
+        final = os.path.join(os.environ["PGOLF_ARTIFACT_DIR"], "model.pt")
+        if BUG == "half_artifact":
+            with open(final, "wb") as f:
+                f.write(b"PK\x03\x04 half of a model")
+                f.flush()
+                os._exit(9)
+        torch.save(model.state_dict(), final + ".tmp")
+        os.replace(final + ".tmp", final)
+
+
+def byte_table(sp, vocab):
+    """The submission's own byte accounting, for its own val_bpb (the harness computes its own)."""
+    base, space, boundary = np.zeros(vocab, np.int64), np.zeros(vocab, bool), np.ones(vocab, bool)
+    for i in range(sp.vocab_size()):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+            continue
+        boundary[i] = False
+        if sp.is_byte(i):
+            base[i] = 1
+            continue
+        piece = sp.id_to_piece(i)
+        space[i] = piece.startswith("\u2581")
+        base[i] = len(piece[1:].encode() if space[i] else piece.encode())
+    return base, space, boundary
+
+
+def evaluate(events, rank, world, vocab, sp):
+    val = read_tokens(os.path.join(os.environ["DATA_PATH"], "fineweb_val_*.bin"))
+    model = TinyGPT(vocab)
+    model.load_state_dict(torch.load(os.path.join(os.environ["PGOLF_ARTIFACT_DIR"], "model.pt")))
+    opt = torch.optim.SGD(model.parameters(), lr=TTT_LR, momentum=0.9)
+    audit = set(audit_positions(int(os.environ.get("PGOLF_AUDIT_SEED", 0)), len(val)))
+    base, space, boundary = byte_table(sp, vocab)
+    sums = torch.zeros(3, dtype=torch.float64)  # nll, targets, bytes
+    chunks = list(range(1, len(val), CHUNK))
+    events.mark("eval_start")
+    for c, lo in enumerate(chunks):
+        hi = min(lo + CHUNK, len(val))
+        windows = [(p, min(p + SEQ, hi)) for p in range(lo, hi, SEQ)][rank::world]
+        if BUG == "skip" and c == len(chunks) - 1 and rank == world - 1:
+            windows = windows[:-1]
+        if BUG == "update_before_score" and c == 0:
+            events.update(lo, hi)
+            ttt_step(model, opt, val, windows, world, vocab)
+        with torch.no_grad():
+            for p, q in windows * (2 if BUG == "double" and c == 0 else 1):
+                logp = model(torch.from_numpy(val[p - 1:q - 1])[None])[0]
+                nll = -logp.gather(1, torch.from_numpy(val[p:q])[:, None])[:, 0]
+                events.scores(p, nll.numpy())
+                for pos in audit.intersection(range(p, q)):
+                    row = logp[pos - p].numpy()
+                    events.audit(pos, row + 1.0 if BUG == "unnormalized" else row)
+                prev, y = val[p - 1:q - 1], val[p:q]
+                nbytes = base[y] + (space[y] & ~boundary[prev])
+                sums += torch.tensor([nll.double().sum().item(), q - p, float(nbytes.sum())], dtype=torch.float64)
+        dist.barrier()
+        if c < len(chunks) - 1 and not (BUG == "update_before_score" and c == 0):
+            events.update(lo, hi)
+            ttt_step(model, opt, val, windows, world, vocab)
+        if BUG == "crash" and c == 1:
+            raise RuntimeError("deliberate crash in the middle of evaluation")
+        if BUG == "slow":
+            time.sleep(3600)
+    dist.all_reduce(sums)
+    events.mark("eval_end")
+    loss, bpb = (sums[0] / sums[1]).item(), (sums[0] / math.log(2) / sums[2]).item()
+    if rank == 0:
+        events.result(loss, bpb)
+        print(f"final_tiny_ttt val_loss:{loss:.8f} val_bpb:{bpb:.8f}", flush=True)
+
+
+def ttt_step(model, opt, val, windows, world, vocab):
+    """One SGD step on this rank's windows of an already-scored chunk."""
+    opt.zero_grad()
+    for p, q in windows:
+        logp = model(torch.from_numpy(val[p - 1:q - 1])[None])[0]
+        (F.nll_loss(logp, torch.from_numpy(val[p:q])) / max(len(windows), 1)).backward()
+    average_gradients(model, world)
+    opt.step()
+
+
+def main():
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(1)
+    events = Events.from_env(rank, world)
+    sp = spm.SentencePieceProcessor(model_file=os.environ["TOKENIZER_PATH"])
+    vocab = sp.vocab_size()
+    if os.environ.get("PGOLF_PHASE", "train") == "train":
+        train(events, rank, world, vocab)
+    else:
+        evaluate(events, rank, world, vocab, sp)
+    events.close()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""`pgolf run`: one seeded run of a submission as isolated, timed phases, judged by the harness.
+
+Per seed: a train job that sees only training shards and must leave an artifact,
+then a fresh eval job that sees only the artifact, the code and the validation
+shards, without network. The harness measures the clocks (process spawn to
+reap, and the protocol's marks stamped on arrival), counts the artifact bytes,
+computes val_bpb from the reported NLLs with its own byte accounting, and
+audits the score-first ledger. Everything lands in the seed's folder:
+phase logs, event logs, the artifact and verdict.json.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.atomic import write_text_atomic
+from harness.client.pgolf_events import audit_positions
+from harness.code import counted_bytes, scan_code
+from harness.data.shards import ShardError, read_tokens, train_shards, val_byte_sidecars, val_shards
+from harness.events import EventServer, Received
+from harness.findings import FAIL, INFO, PASS, WARN, Finding, UsageError
+from harness.ledger import Ledger
+from harness.process import PhaseProcess, run_phase
+from harness.report import verdict_json
+from harness.rules import Rules
+from harness.verdict import Verdict
+
+CLIENT_DIR = Path(__file__).resolve().parent / "client"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    submission: Path   # folder holding train_gpt.py
+    dataset: Path      # folder with fineweb_train_*/fineweb_val_* shards
+    tokenizer: Path    # the SentencePiece model
+    seed: int
+    nproc: int
+    out: Path          # this seed's output folder (must not exist yet)
+    track: str
+    train_limit_s: float  # hard limits: the job is stopped there
+    eval_limit_s: float
+    grace_s: float = 10.0
+    echo: bool = True
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def _view(spec: RunSpec, name: str, shards: list[Path]) -> Path:
+    """A folder with only the given shards and the tokenizer: all a phase's DATA_PATH shows."""
+    folder = spec.out / "data" / name
+    folder.mkdir(parents=True)
+    for path in [*shards, spec.tokenizer]:
+        _link_or_copy(path, folder / path.name)
+    return folder
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _env(spec: RunSpec, phase: str, data: Path, artifact: Path, socket_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGOLF_")}
+    env.update({
+        "PGOLF_PHASE": phase, "PGOLF_PROTOCOL": "1", "PGOLF_SEED": str(spec.seed), "SEED": str(spec.seed),
+        "DATA_PATH": str(data), "TOKENIZER_PATH": str(data / spec.tokenizer.name),
+        "PGOLF_ARTIFACT_DIR": str(artifact), "PGOLF_EVENTS": str(socket_path),
+        "PGOLF_AUDIT_SEED": str(spec.seed), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(CLIENT_DIR), os.environ.get("PYTHONPATH")])),
+    })
+    return env
+
+
+def _phase(spec: RunSpec, phase: str, data: Path, artifact: Path, code: Path, ledger: Ledger | None,
+           limit_s: float) -> tuple[PhaseProcess, Received]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc}",
+           "train_gpt.py"]
+    with tempfile.TemporaryDirectory(prefix="pgolf-") as sockets:  # AF_UNIX paths must stay short
+        socket_path = Path(sockets) / "events.sock"
+        with (spec.out / f"events_{phase}.jsonl").open("w", encoding="utf-8") as log:
+            server = EventServer(socket_path, log, ledger)
+            with server:
+                process = run_phase(cmd, env=_env(spec, phase, data, artifact, socket_path), cwd=code,
+                                    log_path=spec.out / f"{phase}.log", limit_s=limit_s, grace_s=spec.grace_s,
+                                    network=False, prefix=f"[{phase}] ", echo=spec.echo)
+    return process, server.received
+
+
+def _span(received: Received, start: str, end: str) -> float | None:
+    """Harness-clock seconds from the first rank's start mark to the last rank's end mark."""
+    if start in received.marks and end in received.marks:
+        return max(received.marks[end].values()) - min(received.marks[start].values())
+    return None
+
+
+def _process_findings(phase: str, p: PhaseProcess, received: Received, limit_s: float) -> list[Finding]:
+    out: list[Finding] = []
+    if p.timed_out:
+        out.append(Finding("phase", FAIL, "phase.timeout", f"{phase} phase passed its hard limit of {limit_s:g} s "
+                           f"and was stopped ({p.signal or 'exit ' + str(p.returncode)})",
+                           data={"phase": phase, "wall_s": p.wall_s}))
+    elif p.returncode != 0:
+        out.append(Finding("phase", FAIL, "phase.crashed", f"{phase} phase exited with "
+                           f"{p.signal or 'code ' + str(p.returncode)}; see {phase}.log", data={"phase": phase}))
+    else:
+        out.append(Finding("phase", PASS, "phase.completed", f"{phase} phase finished in {p.wall_s:.1f} s "
+                           "(harness clock, spawn to reap)", data={"phase": phase, "wall_s": p.wall_s}))
+    if p.survivors:
+        out.append(Finding("phase", FAIL, "phase.survivors", f"{len(p.survivors)} process(es) of the {phase} "
+                           f"phase outlived it: {p.survivors}", data={"phase": phase}))
+    for problem in received.problems:
+        out.append(Finding("protocol", FAIL, "protocol.violation", f"{phase}: {problem}", data={"phase": phase}))
+    if not received.hellos:
+        out.append(Finding("protocol", WARN, "protocol.silent", f"{phase}: no rank connected to the event channel; "
+                           "nothing the submission did was measured from inside", data={"phase": phase}))
+    for guarantee, state in p.isolation.items():
+        if guarantee == "network" or state != "enforced":
+            status = PASS if state in ("enforced", "disabled") else WARN
+            out.append(Finding("isolation", status, f"isolation.{guarantee}",
+                               f"{phase}: {guarantee.replace('_', ' ')} {state}", data={"phase": phase}))
+    return out
+
+
+def _time_findings(phase: str, seconds: float | None, judged_limit: float | None, check: str) -> list[Finding]:
+    if seconds is None:
+        return [Finding(check, WARN, f"{check}.no_marks", f"{phase}: the submission sent no {phase}_start/"
+                        f"{phase}_end marks; only the phase's wall clock is known")]
+    if judged_limit is not None and seconds > judged_limit:
+        return [Finding(check, FAIL, f"{check}.over_limit", f"{phase}: {seconds:.1f} s between the marks, past the "
+                        f"{judged_limit:g} s limit", data={"seconds": seconds})]
+    return [Finding(check, PASS, f"{check}.within_limit", f"{phase}: {seconds:.2f} s between the marks "
+                    "(harness clock)", data={"seconds": seconds})]
+
+
+def _artifact_findings(artifact: Path, code_bytes: int, limit: int) -> tuple[list[Finding], int]:
+    files = [p for p in sorted(artifact.rglob("*")) if p.is_file()]
+    stray = [p.name for p in files if p.name.startswith(".") or p.name.endswith((".tmp", ".part"))]
+    out: list[Finding] = []
+    if not files:
+        return [Finding("size", FAIL, "size.no_artifact", "the train phase left no artifact in PGOLF_ARTIFACT_DIR")], 0
+    if stray:
+        out.append(Finding("size", WARN, "size.temp_files", f"the artifact folder holds temporary files {stray}: "
+                           "a write that never finished"))
+    total = code_bytes + sum(p.stat().st_size for p in files)
+    data = {"artifact_bytes": total, "code_bytes": code_bytes, "files": {p.name: p.stat().st_size for p in files}}
+    status, verb = (FAIL, "over") if total > limit else (PASS, "within")
+    out.append(Finding("size", status, f"size.{verb}_limit", f"artifact {total:,} bytes ({code_bytes:,} code + "
+                       f"{total - code_bytes:,} in {len(files)} file(s)), {verb} the {limit:,}-byte limit", data=data))
+    return out, total
+
+
+def _metric_findings(ledger: Ledger, tokens: np.ndarray, tokenizer: Path, sidecar: np.ndarray | None,
+                     received: Received) -> tuple[list[Finding], dict[str, Any]]:
+    """val_bpb from the ledger's NLLs with the harness's byte accounting, against the submission's own."""
+    import sentencepiece as spm
+
+    from harness.metric import build_table, score
+
+    if np.isnan(ledger.nll[1:]).any():
+        return [Finding("metric", FAIL, "metric.incomplete", "val_bpb not computed: not every position was scored")], {}
+    if sidecar is not None:
+        result = score(ledger.nll[1:], tokens, sidecar=sidecar)
+    else:
+        result = score(ledger.nll[1:], tokens, table=build_table(spm.SentencePieceProcessor(model_file=str(tokenizer))))
+    facts = {"val_loss": result.loss, "val_bpb": result.bpb, "tokens": result.tokens, "bytes": result.bytes}
+    out = [Finding("metric", PASS, "metric.computed", f"harness val_bpb {result.bpb:.8f} (val_loss {result.loss:.8f} "
+                   f"nats/token over {result.tokens:,} targets and {result.bytes:,} bytes)", data=facts)]
+    own = received.results.get(0)
+    if own is None:
+        out.append(Finding("metric", INFO, "metric.no_claim", "the submission reported no val_bpb of its own"))
+    elif abs(own["val_bpb"] - result.bpb) <= 1e-4:
+        out.append(Finding("metric", PASS, "metric.matches_submission",
+                           f"the submission's own val_bpb {own['val_bpb']:.8f} agrees (Δ {own['val_bpb'] - result.bpb:+.2e})"))
+    else:
+        out.append(Finding("metric", WARN, "metric.disagrees",
+                           f"the submission says val_bpb {own['val_bpb']:.8f}, the harness computes {result.bpb:.8f} "
+                           "from the same NLLs: its byte accounting differs", data={"claimed": own["val_bpb"]}))
+    return out, facts
+
+
+def run_seed(spec: RunSpec, rules: Rules) -> Verdict:
+    """Train, then evaluate, one seed; never raises for what the submission does."""
+    entry = spec.submission / "train_gpt.py"
+    if not entry.is_file():
+        raise UsageError(f"{spec.submission}: no train_gpt.py to run")
+    try:
+        spec.out.mkdir(parents=True)
+    except FileExistsError:
+        raise UsageError(f"{spec.out} already exists; pgolf never overwrites a run (choose --out)") from None
+    track = rules.tracks[spec.track]
+    try:
+        train_data = _view(spec, "train", train_shards(spec.dataset))
+        val_paths, sidecars = val_shards(spec.dataset), val_byte_sidecars(spec.dataset)
+        val_data = _view(spec, "val", val_paths + sidecars)
+        tokens = read_tokens(val_paths)
+        sidecar = read_tokens(sidecars) if sidecars else None
+    except (ShardError, OSError) as exc:
+        raise UsageError(f"cannot prepare the data views: {exc}") from None
+    code, artifact = spec.out / "code", spec.out / "artifact"
+    shutil.copytree(spec.submission, code, ignore=shutil.ignore_patterns("*.log", "__pycache__"))
+    artifact.mkdir()
+    scan = scan_code(code, rules)
+    code_bytes = counted_bytes(code, scan, compressed=False, rules=rules).total
+    before = _fingerprint(code)
+
+    findings: list[Finding] = []
+    extra: dict[str, Any] = {"phases": {}}
+    train, got = _phase(spec, "train", train_data, artifact, code, None, spec.train_limit_s)
+    findings += _process_findings("train", train, got, spec.train_limit_s)
+    train_s = _span(got, "train_start", "train_end")
+    findings += _time_findings("train", train_s, track.train_limit_s, "train_time")
+    extra["phases"]["train"] = {"wall_s": train.wall_s, "marked_s": train_s, "returncode": train.returncode,
+                                "isolation": train.isolation}
+    if _fingerprint(code) != before:
+        findings.append(Finding("isolation", FAIL, "isolation.code_modified", "the train phase changed files in the "
+                                "code folder: only PGOLF_ARTIFACT_DIR may carry state to evaluation"))
+    size, total = _artifact_findings(artifact, code_bytes, track.artifact_limit_bytes)
+    findings += size
+    seed_facts: dict[str, Any] = {"artifact_bytes": total, "train_wall_s": train.wall_s, "train_marked_s": train_s}
+
+    if train.returncode == 0 and total:
+        artifact_before = _fingerprint(artifact)
+        for path in [artifact, *artifact.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        ledger = Ledger(tokens, audit_positions(spec.seed, len(tokens)))
+        evaluation, got = _phase(spec, "eval", val_data, artifact, code, ledger, spec.eval_limit_s)
+        findings += _process_findings("eval", evaluation, got, spec.eval_limit_s)
+        eval_s = _span(got, "eval_start", "eval_end")
+        findings += _time_findings("eval", eval_s, track.eval_limit_s, "eval_time")
+        findings += ledger.findings()
+        if _fingerprint(artifact) != artifact_before:
+            findings.append(Finding("isolation", FAIL, "isolation.artifact_modified",
+                                    "the eval phase changed the artifact it was given read-only"))
+        extra["phases"]["eval"] = {"wall_s": evaluation.wall_s, "marked_s": eval_s,
+                                   "returncode": evaluation.returncode, "isolation": evaluation.isolation}
+        seed_facts.update(eval_wall_s=evaluation.wall_s, eval_marked_s=eval_s)
+        if evaluation.returncode == 0:
+            metric, facts = _metric_findings(ledger, tokens, val_data / spec.tokenizer.name, sidecar, got)
+            findings += metric
+            seed_facts.update(facts)
+    else:
+        findings.append(Finding("phase", FAIL, "phase.eval_skipped", "evaluation did not run: training failed or "
+                                "left no artifact"))
+    verdict = Verdict(str(spec.submission), spec.track, None, findings, {spec.seed: seed_facts}, command="run",
+                      extra=extra)
+    write_text_atomic(spec.out / "verdict.json", verdict_json(verdict.to_dict()))
+    return verdict

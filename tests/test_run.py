@@ -1,0 +1,90 @@
+"""`pgolf run` end to end: real torchrun jobs (2 gloo ranks) of the tiny example on the demo data.
+
+Each broken variant of the example (TINY_BUG) must produce its own specific FAIL.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
+from harness.findings import UsageError
+from harness.run import RunSpec, run_seed
+
+TINY = REPO / "examples" / "tiny"
+
+
+def spec(tmp_path: Path, **overrides) -> RunSpec:
+    fields = dict(submission=TINY, dataset=DEMO_DATASET, tokenizer=DEMO_TOKENIZER, seed=1, nproc=2,
+                  out=tmp_path / "seed_1", track="track_10min_16mb", train_limit_s=300, eval_limit_s=300,
+                  grace_s=2, echo=False)
+    return RunSpec(**{**fields, **overrides})
+
+
+def statuses(verdict) -> dict[str, str]:
+    return {f.code: f.status for f in verdict.findings}
+
+
+def test_cli_run_on_the_demo_passes_and_the_harness_bpb_matches(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "harness", "run", "--out", tmp_path / "run", "--seeds", "3"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    verdict = json.loads((tmp_path / "run" / "seed_3" / "verdict.json").read_text())
+    codes = {f["code"]: f["status"] for f in verdict["findings"]}
+    assert verdict["status"] == "pass" and verdict["command"] == "run"
+    for code in ("ledger.single_pass", "ledger.score_before_update", "ledger.normalized",
+                 "metric.matches_submission", "size.within_limit", "train_time.within_limit"):
+        assert codes[code] == "pass", code
+    assert "[train] step:1/120 train_loss:" in run.stdout and "[eval] final_tiny_ttt" in run.stdout
+    log = (tmp_path / "run" / "seed_3" / "train.log").read_text()
+    losses = [float(line.split("train_loss:")[1]) for line in log.splitlines() if "train_loss:" in line]
+    assert losses[-1] < losses[0] - 1.0  # the loss falls visibly
+    assert (tmp_path / "run" / "seed_3" / "artifact" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("bug, code", [
+    ("update_before_score", "ledger.update_before_score"),
+    ("double", "ledger.double_scored"),
+    ("skip", "ledger.missing"),
+    ("unnormalized", "ledger.unnormalized"),
+    ("crash", "phase.crashed"),
+])
+def test_broken_eval_variants_fail_specifically(tmp_path, monkeypatch, bug, code):
+    monkeypatch.setenv("TINY_BUG", bug)
+    monkeypatch.setenv("TINY_STEPS", "5")
+    verdict = run_seed(spec(tmp_path), _rules())
+    assert verdict.status == "fail" and statuses(verdict)[code] == "fail", statuses(verdict)
+
+
+def test_half_written_artifact_stops_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINY_BUG", "half_artifact")
+    verdict = run_seed(spec(tmp_path), _rules())
+    found = statuses(verdict)
+    assert found["phase.crashed"] == "fail" and found["phase.eval_skipped"] == "fail"
+    assert not (tmp_path / "seed_1" / "events_eval.jsonl").exists()
+
+
+def test_phase_past_its_hard_limit_is_stopped_and_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINY_BUG", "slow")
+    monkeypatch.setenv("TINY_STEPS", "5")
+    verdict = run_seed(spec(tmp_path, eval_limit_s=25), _rules())
+    timeout = next(f for f in verdict.findings if f.code == "phase.timeout")
+    assert timeout.status == "fail" and timeout.data["phase"] == "eval" and "eval phase" in timeout.message
+    assert "phase.survivors" not in statuses(verdict)
+    assert verdict.extra["phases"]["eval"]["wall_s"] < 25 + 2 + 15
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path):
+    (tmp_path / "seed_1").mkdir()
+    with pytest.raises(UsageError, match="already exists"):
+        run_seed(spec(tmp_path), _rules())
+
+
+def _rules():
+    from harness.rules import load_rules
+
+    return load_rules()
