@@ -3,7 +3,7 @@
 One Unix stream socket, one connection per rank, read by a single selector
 thread so events are handled in one total order. Every frame is stamped with
 the harness's monotonic clock on arrival. Before an `update` declaration is
-checked, every other connection is drained: a rank's scores sent before the
+checked, pending connections are accepted and every other connection is drained: a rank's scores sent before the
 collective that precedes a TTT step are already in the kernel's buffers then,
 so ordering across ranks is judged on what was sent, not on thread scheduling.
 """
@@ -90,14 +90,15 @@ class EventServer:
                 else:
                     self._read(self._conns[key.fileobj])
 
-    def _accept(self) -> None:
+    def _accept(self) -> bool:
         try:
             sock, _ = self._listener.accept()
         except BlockingIOError:
-            return
+            return False
         sock.setblocking(False)
         self._conns[sock] = _Conn(sock)
         self._selector.register(sock, selectors.EVENT_READ)
+        return True
 
     def _drop(self, conn: _Conn) -> None:
         self._selector.unregister(conn.sock)
@@ -195,6 +196,8 @@ class EventServer:
             self.received.marks.setdefault(message["name"], {})[conn.rank] = t
         elif kind == "update":
             self._held.add(id(conn))
+            while self._accept():  # a rank whose connection still waits in the backlog may have scored
+                pass
             for other in list(self._conns.values()):
                 if other is not conn:
                     self._drain(other)

@@ -130,19 +130,21 @@ def test_overlapping_updates_warn(tmp_path):
     assert serve(tmp_path, [rank])[1]["ledger.update_order"].status == "warn"
 
 
-def test_cross_rank_order_is_judged_on_what_was_sent(tmp_path):
-    """Rank 1's scores are sent before the barrier; rank 0's update after it must see them."""
+@pytest.mark.parametrize("world", [2, 8])
+def test_cross_rank_order_is_judged_on_what_was_sent(tmp_path, world):
+    """Ranks' scores are sent before the barrier; rank 0's update after it must see them all, even
+    from a rank whose connection still waits in the listener's backlog."""
+    bounds = np.linspace(1, N, world + 1).astype(int)
     for _ in range(20):  # a race would show within a few repetitions
-        barrier = threading.Barrier(2)
+        barrier = threading.Barrier(world)
 
         def rank(events):
-            half = (1, 1001) if events.rank == 0 else (1001, N)
-            score_range(events, *half)
+            score_range(events, bounds[events.rank], bounds[events.rank + 1])
             barrier.wait()
             if events.rank == 0:
                 events.update(1, N)
 
-        found = serve(tmp_path, [rank, rank])[1]
+        found = serve(tmp_path, [rank] * world)[1]
         assert "ledger.update_before_score" not in found, found
 
 
