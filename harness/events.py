@@ -1,11 +1,12 @@
 """The harness side of the event channel (schemas/protocol.md).
 
 One Unix stream socket, one connection per rank, read by a single selector
-thread so events are handled in one total order. Every frame is stamped with
-the harness's monotonic clock on arrival. Before an `update` declaration is
-checked, pending connections are accepted and every other connection is drained: a rank's scores sent before the
-collective that precedes a TTT step are already in the kernel's buffers then,
-so ordering across ranks is judged on what was sent, not on thread scheduling.
+thread. Connections are read in whatever order the selector reports them, so
+arrival order across ranks means nothing; each frame carries the monotonic
+time it was sent, which the server checks against its own arrival stamp
+(never later, never decreasing on a connection) and hands to the ledger, which
+judges score-before-update on those send times. Phase marks are timed by the
+harness's clock on arrival.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class _Conn:
     sock: socket.socket
     buffer: bytearray = field(default_factory=bytearray)
     rank: int | None = None
+    last_sent: float = float("-inf")
 
 
 @dataclass
@@ -59,7 +61,6 @@ class EventServer:
         self._listener.setblocking(False)
         self._selector.register(self._listener, selectors.EVENT_READ)
         self._conns: dict[socket.socket, _Conn] = {}
-        self._held: set[int] = set()  # connections paused mid-update while the others are drained
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pgolf-events", daemon=True)
 
@@ -75,9 +76,12 @@ class EventServer:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        while self._accept():  # a rank that connected at the very end
+            pass
         for conn in list(self._conns.values()):
-            self._drain(conn)
-            self._drop(conn)
+            self._read(conn)
+            if conn.sock in self._conns:
+                self._drop(conn)
         self._selector.close()
         self._listener.close()
         self.path.unlink(missing_ok=True)
@@ -124,15 +128,9 @@ class EventServer:
         if not open_ and conn.sock in self._conns:
             self._drop(conn)
 
-    def _drain(self, conn: _Conn) -> None:
-        self._receive(conn)
-        self._frames(conn)
-
     def _frames(self, conn: _Conn) -> None:
-        if id(conn) in self._held:
-            return  # its frames after the pending update must wait until that update is judged
         while len(conn.buffer) >= HEADER.size:
-            kind, length = HEADER.unpack_from(conn.buffer)
+            kind, length, sent = HEADER.unpack_from(conn.buffer)
             if length > MAX_PAYLOAD or kind not in (JSON, SCORES, AUDIT):
                 self._problem(conn, f"malformed frame (kind {kind!r}, length {length}); connection dropped")
                 conn.buffer.clear()
@@ -141,7 +139,13 @@ class EventServer:
                 return
             payload = bytes(conn.buffer[HEADER.size:HEADER.size + length])
             del conn.buffer[:HEADER.size + length]
-            self._handle(conn, kind, payload, time.monotonic())
+            arrived = time.monotonic()
+            if not conn.last_sent <= sent <= arrived:
+                self._problem(conn, f"frame send time {sent:.6f} is not between its previous frame's "
+                                    f"({conn.last_sent:.6f}) and its arrival ({arrived:.6f}); using the arrival")
+                sent = arrived
+            conn.last_sent = sent
+            self._handle(conn, kind, payload, arrived, sent)
 
     def _problem(self, conn: _Conn, text: str) -> None:
         who = f"rank {conn.rank}" if conn.rank is not None else "an unidentified connection"
@@ -150,7 +154,7 @@ class EventServer:
     def _record(self, entry: dict[str, Any]) -> None:
         self.log.write(json.dumps(entry) + "\n")
 
-    def _handle(self, conn: _Conn, kind: bytes, payload: bytes, t: float) -> None:
+    def _handle(self, conn: _Conn, kind: bytes, payload: bytes, t: float, sent: float) -> None:
         if kind == JSON:
             try:
                 message = json.loads(payload.decode("utf-8"))
@@ -159,7 +163,7 @@ class EventServer:
             problems = list(errors("urn:pgolf:protocol#/$defs/message", message))
             if problems:
                 return self._problem(conn, "; ".join(problems))
-            return self._message(conn, message, t)
+            return self._message(conn, message, t, sent)
         if conn.rank is None:
             return self._problem(conn, "sent data before its hello")
         if kind == SCORES:
@@ -174,7 +178,7 @@ class EventServer:
             self._record({"t": t, "rank": conn.rank, "type": "score", "start": start, "end": end})
             if self.ledger is None:
                 return self._problem(conn, "sent scores in the train phase, which has no validation data")
-            return self.ledger.score(start, nlls, conn.rank)
+            return self.ledger.score(start, nlls, conn.rank, sent)
         position, vocab = AUDIT_HEAD.unpack_from(payload) if len(payload) >= AUDIT_HEAD.size else (-1, -1)
         logprobs = np.frombuffer(payload, dtype="<f4", offset=AUDIT_HEAD.size) if vocab >= 0 else None
         if logprobs is None or logprobs.size != vocab:
@@ -183,7 +187,7 @@ class EventServer:
         if self.ledger is not None:
             self.ledger.audit(position, logprobs, conn.rank)
 
-    def _message(self, conn: _Conn, message: dict[str, Any], t: float) -> None:
+    def _message(self, conn: _Conn, message: dict[str, Any], t: float, sent: float) -> None:
         kind = message["type"]
         if kind == "hello":
             if message["protocol"] != PROTOCOL:
@@ -195,17 +199,10 @@ class EventServer:
         elif kind == "mark":
             self.received.marks.setdefault(message["name"], {})[conn.rank] = t
         elif kind == "update":
-            self._held.add(id(conn))
-            while self._accept():  # a rank whose connection still waits in the backlog may have scored
-                pass
-            for other in list(self._conns.values()):
-                if other is not conn:
-                    self._drain(other)
-            self._held.discard(id(conn))
             if self.ledger is None:
                 self._problem(conn, "declared a validation update in the train phase")
             else:
-                self.ledger.update(message["start"], message["end"], conn.rank)
+                self.ledger.update(message["start"], message["end"], conn.rank, sent)
         elif kind == "result":
             self.received.results[conn.rank] = {"val_loss": message["val_loss"], "val_bpb": message["val_bpb"]}
-        self._record({"t": t, "rank": conn.rank, **message})
+        self._record({"t": t, "sent": sent, "rank": conn.rank, **message})

@@ -1,10 +1,12 @@
 """The score ledger: does the evaluation respect C2, C3 and C4 (rules.md §2.1)?
 
-Fed, in arrival order, with what every rank reports over the event channel:
-`score` ranges with their NLLs, `update` declarations made before each state
-change, and `audit` distributions at seeded positions. It keeps one counter and
-one NLL per validation position, so 40M positions cost 200 MB and every check
-is a numpy slice, not a Python loop.
+Fed with what every rank reports over the event channel, each frame with the
+time it was sent: `score` ranges with their NLLs, `update` declarations made
+before each state change, and `audit` distributions at seeded positions. Ranks'
+connections are read in no particular order, so score-before-update is judged
+at the end on send times, not on arrival. Per validation position it keeps a
+count, the NLL and when it was first scored (13 bytes: 40M positions cost
+520 MB), so every check is a numpy slice, not a Python loop.
 """
 from __future__ import annotations
 
@@ -32,11 +34,12 @@ class Ledger:
         self.n = int(self.tokens.size)
         self.count = np.zeros(self.n, dtype=np.uint8)
         self.nll = np.full(self.n, np.nan, dtype=np.float32)
+        self.scored_at = np.full(self.n, np.inf)  # send time of the first score of each position
         self.audit_wanted = set(audit_positions)
         self.audits: dict[int, tuple[float, float]] = {}  # position -> (logsumexp, -logprob[target])
         self.tolerance = tolerance
-        self.last_update_end = 0
-        self.updates = 0
+        self.updates: list[tuple[float, int, int, int]] = []  # (sent, start, end, rank)
+        self._judged = False
         self.problems: dict[str, _Kind] = {}
 
     def _problem(self, kind: str, text: str) -> None:
@@ -45,7 +48,7 @@ class Ledger:
         if len(entry.examples) < EXAMPLES:
             entry.examples.append(text)
 
-    def score(self, start: int, nlls: np.ndarray, rank: int) -> None:
+    def score(self, start: int, nlls: np.ndarray, rank: int, sent: float) -> None:
         end = start + nlls.size
         lo, hi = max(start, 1), min(end, self.n)
         if (lo, hi) != (start, end):
@@ -62,22 +65,31 @@ class Ledger:
                                            f"({already.size} of [{start}, {end}))")
         self.count[start:end] += 1
         self.nll[start:end] = nlls
+        np.minimum(self.scored_at[start:end], sent, out=self.scored_at[start:end])
 
-    def update(self, start: int, end: int, rank: int) -> None:
-        self.updates += 1
+    def update(self, start: int, end: int, rank: int, sent: float) -> None:
         if start < 0 or end > self.n or start >= end:
             self._problem("bad_update", f"rank {rank} declared update [{start}, {end}) outside [0, {self.n})")
             return
-        lo = max(start, 1)
-        unscored = np.flatnonzero(self.count[lo:end] == 0)
-        if unscored.size:
-            self._problem("update_before_score",
-                          f"rank {rank} declared an update on [{start}, {end}) while {unscored.size} of its "
-                          f"positions were not yet scored (first: {lo + int(unscored[0])})")
-        if start < self.last_update_end and end > self.last_update_end:
-            self._problem("update_order", f"rank {rank} declared [{start}, {end}) overlapping the previous "
-                                          f"update, which ended at {self.last_update_end}")
-        self.last_update_end = max(self.last_update_end, end)
+        self.updates.append((sent, start, end, rank))
+
+    def _judge_updates(self) -> None:
+        """C3 on send times: each update's positions were scored in frames sent no later than it."""
+        if self._judged:
+            return
+        self._judged = True
+        last_end = 0
+        for sent, start, end, rank in sorted(self.updates):
+            lo = max(start, 1)
+            late = np.flatnonzero(self.scored_at[lo:end] > sent)
+            if late.size:
+                self._problem("update_before_score",
+                              f"rank {rank} declared an update on [{start}, {end}) while {late.size} of its "
+                              f"positions were not yet scored (first: {lo + int(late[0])})")
+            if start < last_end < end:
+                self._problem("update_order", f"rank {rank} declared [{start}, {end}) overlapping the previous "
+                                              f"update, which ended at {last_end}")
+            last_end = max(last_end, end)
 
     def audit(self, position: int, logprobs: np.ndarray, rank: int) -> None:
         if not 1 <= position < self.n:
@@ -91,6 +103,7 @@ class Ledger:
 
     def findings(self) -> list[Finding]:
         """C4 coverage, C3 ordering and C2 normalisation, as findings of check `ledger`."""
+        self._judge_updates()
         out: list[Finding] = []
         counts = self.count[1:]
         missing = int(np.count_nonzero(counts == 0))
@@ -109,7 +122,7 @@ class Ledger:
                                f"C4: each of the {self.n - 1:,} target positions was scored exactly once"))
         if self.updates and "update_before_score" not in self.problems:
             out.append(Finding("ledger", PASS, "ledger.score_before_update",
-                               f"C3: all {self.updates} update declarations covered already-scored positions"))
+                               f"C3: all {len(self.updates)} update declarations covered already-scored positions"))
         out += self._audit_findings()
         return out
 

@@ -149,17 +149,35 @@ def test_cross_rank_order_is_judged_on_what_was_sent(tmp_path, world):
 
 
 def test_protocol_violations_are_recorded(tmp_path):
+    import time
+
     ledger = Ledger(TOKENS, [])
+    now = time.monotonic()
     with EventServer(tmp_path / "e.sock", io.StringIO(), ledger) as server:
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         raw.connect(str(tmp_path / "e.sock"))
-        raw.sendall(b"J" + struct.pack("<I", 15) + b'{"type":"mark"}')  # no hello, no name
-        raw.sendall(b"S" + struct.pack("<I", 16) + struct.pack("<qq", 1, 2))  # data before hello
-        raw.sendall(b"X" + struct.pack("<I", 3) + b"abc")
+        raw.sendall(b"J" + struct.pack("<Id", 15, now) + b'{"type":"mark"}')  # no hello, no name
+        raw.sendall(b"S" + struct.pack("<Id", 16, now) + struct.pack("<qq", 1, 2))  # data before hello
+        raw.sendall(b"J" + struct.pack("<Id", 15, now + 3600) + b"{\"type\":\"log\"}")  # sent in the future
+        raw.sendall(b"X" + struct.pack("<Id", 3, now) + b"abc")
         raw.close()
     problems = " | ".join(server.received.problems)
     assert "missing required key 'name'" in problems and "before its hello" in problems
-    assert "malformed frame" in problems
+    assert "is not between its previous frame's" in problems and "malformed frame" in problems
+
+
+def test_c3_is_judged_on_send_times_not_arrival(tmp_path):
+    """A score sent before an update but read after it (another rank's connection) still counts;
+    a score sent after the update is a violation even if it arrives first."""
+    ledger = Ledger(TOKENS, [])
+    ledger.update(1, 1001, rank=0, sent=10.0)
+    ledger.score(1, np.ones(500, np.float32), rank=1, sent=9.0)      # arrives late, sent early
+    ledger.score(501, np.ones(500, np.float32), rank=1, sent=11.0)   # sent after the update
+    ledger.score(1001, np.ones(N - 1001, np.float32), rank=0, sent=12.0)
+    found = {f.code: f for f in ledger.findings()}
+    assert "first: 501" in found["ledger.update_before_score"].message
+    again = {f.code: f for f in ledger.findings()}  # judging twice must not count twice
+    assert again["ledger.update_before_score"].data["count"] == 1
 
 
 def test_train_phase_must_not_score(tmp_path):

@@ -11,11 +11,12 @@ import json
 import os
 import socket
 import struct
+import time
 from array import array
 
 PROTOCOL = 1
 JSON, SCORES, AUDIT = b"J", b"S", b"A"
-HEADER = struct.Struct("<cI")  # kind, payload length
+HEADER = struct.Struct("<cId")  # kind, payload length, send time (time.monotonic(), system-wide on Linux)
 RANGE = struct.Struct("<qq")  # start, end
 AUDIT_HEAD = struct.Struct("<qi")  # position, vocab size
 MAX_PAYLOAD = 1 << 31
@@ -65,7 +66,7 @@ class Events:
 
     def _frame(self, kind: bytes, payload: bytes) -> None:
         if self._sock is not None:
-            self._sock.sendall(HEADER.pack(kind, len(payload)) + payload)
+            self._sock.sendall(HEADER.pack(kind, len(payload), time.monotonic()) + payload)
 
     def send(self, message: dict) -> None:
         self._frame(JSON, json.dumps(message).encode("utf-8"))
