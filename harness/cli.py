@@ -70,13 +70,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     for seed in _seeds(args.seeds):
         spec = RunSpec(args.submission.resolve(), args.data.resolve(), args.tokenizer.resolve(), seed, args.nproc,
                        out.resolve() / f"seed_{seed}", args.track, args.train_limit or limits["train_s"],
-                       args.eval_limit or limits["eval_s"], limits["grace_s"], echo=not args.quiet)
+                       args.eval_limit or limits["eval_s"], limits["grace_s"], echo=not args.quiet,
+                       legacy=args.legacy)
         verdict = run_seed(spec, rules).to_dict()
         if not args.quiet:
             render_terminal(verdict, sys.stdout, verbose=args.verbose)
             print(f"  run folder: {spec.out}")
         worst = max(worst, EXIT[verdict["status"]])
     return worst
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.export import export_run
+
+    folder = export_run(args.run, args.name, load_rules(args.rules), dest=args.dest, author=args.author,
+                        github_id=args.github_id, date=args.date, force=args.force)
+    if not args.quiet:
+        print(f"records folder: {folder}\n  next: fill in the TODOs of its README.md, then pgolf check {folder}")
+    return 0
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
@@ -156,10 +167,30 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--track", default="track_10min_16mb", help="track whose limits judge the run")
     run.add_argument("--train-limit", type=float, help="hard limit of the train phase in s (default: rules.yaml)")
     run.add_argument("--eval-limit", type=float, help="hard limit of the eval phase in s (default: rules.yaml)")
+    run.add_argument("--legacy", action="store_true",
+                     help="the script does not speak the protocol: run it as one job (train + eval hard limits, no "
+                          "network, DATA_PATH with both splits) and read its scores from its log; the verdict "
+                          "lists the guarantees this leaves unenforced")
     run.add_argument("--rules", type=Path, metavar="FILE", help="use another rules YAML (default: bundled)")
     run.add_argument("-v", "--verbose", action="store_true", help="also list passes inside failing groups")
     run.add_argument("-q", "--quiet", action="store_true", help="print nothing; rely on the exit code and files")
     run.set_defaults(handler=cmd_run)
+
+    export = commands.add_parser("export", help="turn a finished run into a PR-ready records folder",
+                                 description="Write DEST/YYYY-MM-DD_NAME/ from a `pgolf run` folder: its code, a "
+                                 "train_seed{S}.log per seed with the harness's measured numbers in lines pgolf check "
+                                 "reads, submission.json from the same numbers, and a README skeleton to fill in.")
+    export.add_argument("run", type=Path, help="the run folder (holding seed_<s>/verdict.json)")
+    export.add_argument("--name", required=True, help="the Description part of YYYY-MM-DD_Description")
+    export.add_argument("--author", help="submission.json author (default: a placeholder to fill in)")
+    export.add_argument("--github-id", help="submission.json github_id (default: a placeholder to fill in)")
+    export.add_argument("--date", help="YYYY-MM-DD (default: today)")
+    export.add_argument("--dest", type=Path, help="parent folder (default: records/<the run's track>); a track "
+                        "folder's name sets the track")
+    export.add_argument("--force", action="store_true", help="export even when the run's verdict is FAIL")
+    export.add_argument("--rules", type=Path, metavar="FILE", help="use another rules YAML (default: bundled)")
+    export.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    export.set_defaults(handler=cmd_export)
 
     data = commands.add_parser("data", help="challenge data: the embedded demo, download, verification")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

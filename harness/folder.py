@@ -16,7 +16,7 @@ from harness.code import ENTRY, CodeScan
 from harness.findings import FAIL, PASS, WARN, Evidence, Finding
 from harness.rules import Rules
 
-_NAME = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})_(?P<desc>[A-Za-z0-9][A-Za-z0-9._+\-]*)$")
+FOLDER_NAME = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})_(?P<desc>[A-Za-z0-9][A-Za-z0-9._+\-]*)$")
 _LOG_SUFFIXES = {".log", ".txt"}
 _NOT_LOGS = {"requirements.txt", "readme.txt"}
 
@@ -52,7 +52,7 @@ def log_files(folder: Path) -> list[Path]:
 def folder_findings(folder: Path, scan: CodeScan, rules: Rules) -> list[Finding]:
     out: list[Finding] = []
     here = (Evidence("."),)
-    name = _NAME.match(folder.name)
+    name = FOLDER_NAME.match(folder.name)
     if not name:
         out.append(Finding("files", FAIL, "files.folder_name",
                            f"folder name '{folder.name}' must be YYYY-MM-DD_Description "

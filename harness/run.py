@@ -21,16 +21,20 @@ from typing import Any
 
 import numpy as np
 
+from harness import budgets
 from harness.atomic import write_text_atomic
+from harness.claims import SeedEvidence, pick_score
 from harness.client.pgolf_events import audit_positions
 from harness.code import counted_bytes, scan_code
 from harness.data.shards import ShardError, read_tokens, train_shards, val_byte_sidecars, val_shards
 from harness.events import EventServer, Received
-from harness.findings import FAIL, INFO, PASS, WARN, Finding, UsageError
+from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding, UsageError
 from harness.ledger import Ledger
+from harness.logs import read_log
 from harness.process import PhaseProcess, run_phase
 from harness.report import verdict_json
-from harness.rules import Rules
+from harness.rules import Rules, Track
+from harness.submission import Claims
 from harness.verdict import Verdict
 
 CLIENT_DIR = Path(__file__).resolve().parent / "client"
@@ -49,6 +53,7 @@ class RunSpec:
     eval_limit_s: float
     grace_s: float = 10.0
     echo: bool = True
+    legacy: bool = False  # one job that trains and evaluates itself; its scores come from its own log
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
@@ -72,22 +77,28 @@ def _fingerprint(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _env(spec: RunSpec, phase: str, data: Path, artifact: Path, socket_path: Path) -> dict[str, str]:
+def _env(spec: RunSpec, phase: str, data: Path, artifact: Path, socket_path: Path | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGOLF_")}
     env.update({
         "PGOLF_PHASE": phase, "PGOLF_PROTOCOL": "1", "PGOLF_SEED": str(spec.seed), "SEED": str(spec.seed),
         "DATA_PATH": str(data), "TOKENIZER_PATH": str(data / spec.tokenizer.name),
-        "PGOLF_ARTIFACT_DIR": str(artifact), "PGOLF_EVENTS": str(socket_path),
-        "PGOLF_AUDIT_SEED": str(spec.seed), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+        "PGOLF_ARTIFACT_DIR": str(artifact), "PGOLF_AUDIT_SEED": str(spec.seed), "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(CLIENT_DIR), os.environ.get("PYTHONPATH")])),
     })
+    if socket_path is not None:
+        env["PGOLF_EVENTS"] = str(socket_path)
     return env
+
+
+def _torchrun(spec: RunSpec) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc}",
+            "train_gpt.py"]
 
 
 def _phase(spec: RunSpec, phase: str, data: Path, artifact: Path, code: Path, ledger: Ledger | None,
            limit_s: float) -> tuple[PhaseProcess, Received]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc}",
-           "train_gpt.py"]
+    cmd = _torchrun(spec)
     with tempfile.TemporaryDirectory(prefix="pgolf-") as sockets:  # AF_UNIX paths must stay short
         socket_path = Path(sockets) / "events.sock"
         with (spec.out / f"events_{phase}.jsonl").open("w", encoding="utf-8") as log:
@@ -201,6 +212,8 @@ def run_seed(spec: RunSpec, rules: Rules) -> Verdict:
     except FileExistsError:
         raise UsageError(f"{spec.out} already exists; pgolf never overwrites a run (choose --out)") from None
     track = rules.tracks[spec.track]
+    if spec.legacy:
+        return _run_legacy(spec, rules, track)
     try:
         train_data = _view(spec, "train", train_shards(spec.dataset))
         val_paths, sidecars = val_shards(spec.dataset), val_byte_sidecars(spec.dataset)
@@ -217,7 +230,7 @@ def run_seed(spec: RunSpec, rules: Rules) -> Verdict:
     before = _fingerprint(code)
 
     findings: list[Finding] = []
-    extra: dict[str, Any] = {"phases": {}}
+    extra: dict[str, Any] = {"nproc": spec.nproc, "phases": {}}
     train, got = _phase(spec, "train", train_data, artifact, code, None, spec.train_limit_s)
     findings += _process_findings("train", train, got, spec.train_limit_s)
     train_s = _span(got, "train_start", "train_end")
@@ -256,5 +269,76 @@ def run_seed(spec: RunSpec, rules: Rules) -> Verdict:
                                 "left no artifact"))
     verdict = Verdict(str(spec.submission), spec.track, None, findings, {spec.seed: seed_facts}, command="run",
                       extra=extra)
+    write_text_atomic(spec.out / "verdict.json", verdict_json(verdict.to_dict()))
+    return verdict
+
+
+LEGACY_GAPS = {  # what a protocol run guarantees and a --legacy run does not
+    "separate_phases": "training and evaluation ran as one job: evaluation could use anything training left in "
+                       "memory or on disk, and the train/eval time split is only what the script's log says",
+    "data_isolation": "DATA_PATH held both the training and the validation shards: nothing kept validation data "
+                      "out of training",
+    "harness_bpb": "val_bpb is the script's own number read from its log, not computed by the harness from "
+                   "per-token NLLs with its own byte accounting",
+    "score_ledger": "no score ledger: single pass (C4), score before update (C3) and normalised distributions (C2) "
+                    "were not audited",
+}
+
+
+def _run_legacy(spec: RunSpec, rules: Rules, track: Track) -> Verdict:
+    """A script that trains, quantizes and evaluates in one process and prints its own results: one
+    torchrun job under the harness's clock and hard limit (train + eval), network off, both splits in
+    DATA_PATH because such scripts read both; scores and sizes are read from its log as `pgolf check`
+    reads them, and the verdict names every guarantee that this leaves unenforced."""
+    try:
+        data = _view(spec, "all", train_shards(spec.dataset) + val_shards(spec.dataset)
+                     + val_byte_sidecars(spec.dataset))
+    except (ShardError, OSError) as exc:
+        raise UsageError(f"cannot prepare the data view: {exc}") from None
+    code, artifact = spec.out / "code", spec.out / "artifact"
+    shutil.copytree(spec.submission, code, ignore=shutil.ignore_patterns("*.log", "__pycache__"))
+    artifact.mkdir()
+    scan, before = scan_code(code, rules), _fingerprint(code)
+    limit = spec.train_limit_s + spec.eval_limit_s
+    job = run_phase(_torchrun(spec), env=_env(spec, "legacy", data, artifact, None), cwd=code,
+                    log_path=spec.out / "legacy.log", limit_s=limit, grace_s=spec.grace_s, network=False,
+                    prefix="[legacy] ", echo=spec.echo)
+
+    findings = [Finding("guarantees", WARN, f"guarantees.{name}", text) for name, text in LEGACY_GAPS.items()]
+    findings += _process_findings("legacy", job, Received(), limit)
+    budget = (track.train_limit_s or 0) + (track.eval_limit_s or 0)
+    if budget and job.wall_s > budget:
+        findings.append(Finding("phase", WARN, "phase.over_budget", f"the whole job took {job.wall_s:.1f} s (harness "
+                                f"clock), more than the track's train + eval budget of {budget:g} s",
+                                data={"wall_s": job.wall_s}))
+    log = read_log(spec.out / "legacy.log", spec.out, rules)
+    findings += [Finding("logs", WARN, "logs.problem", f"{log.name}: {p}", (Evidence(log.name),)) for p in log.problems]
+    score = pick_score(log, rules)
+    seed = SeedEvidence(spec.seed, log, score)
+    facts: dict[str, Any] = {"wall_s": job.wall_s}
+    if score is None:
+        findings.append(Finding("metric", FAIL, "metric.no_score", f"cannot find a post-quantization score line "
+                                f"in {log.name} (looked for the labels in rules.yaml score_labels)",
+                                (Evidence(log.name),)))
+    else:
+        facts.update(logged_val_bpb=score.val_bpb, logged_val_loss=score.val_loss, score_label=score.label)
+        findings.append(Finding("metric", INFO, "metric.from_log", f"val_bpb {score.val_bpb} ({score.label}) is the "
+                                "script's own number from its log, not measured by the harness",
+                                (Evidence(log.name, score.line, score.text),), data=dict(facts)))
+    compressed = log.get("code_bytes_compressed") is not None
+    size = budgets.size_findings(seed, counted_bytes(code, scan, compressed, rules), track, Claims(), rules)
+    facts["logged_artifact_bytes"] = next((f.data["artifact_bytes"] for f in size if "artifact_bytes" in f.data), None)
+    findings += size + budgets.train_findings(seed, track, rules) + budgets.eval_findings(seed, track, rules)
+    after = _fingerprint(code)
+    written = {f"code/{name}": (code / name).stat().st_size for name, digest in after.items()
+               if before.get(name) != digest and "__pycache__" not in name}
+    written |= {f"artifact/{name}": (artifact / name).stat().st_size for name in _fingerprint(artifact)}
+    findings.append(Finding("size", INFO, "size.files_written", f"the script wrote {len(written)} file(s) into "
+                            f"PGOLF_ARTIFACT_DIR or its working directory ({sum(written.values()):,} bytes: "
+                            f"{', '.join(written) or 'none'}); the artifact bytes above come from its log",
+                            data={"files": written}))
+    extra = {"legacy": True, "nproc": spec.nproc, "phases": {"legacy": {
+        "wall_s": job.wall_s, "returncode": job.returncode, "isolation": job.isolation}}}
+    verdict = Verdict(str(spec.submission), spec.track, None, findings, {spec.seed: facts}, command="run", extra=extra)
     write_text_atomic(spec.out / "verdict.json", verdict_json(verdict.to_dict()))
     return verdict
