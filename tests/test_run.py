@@ -39,6 +39,8 @@ def test_cli_run_on_the_demo_passes_and_the_harness_bpb_matches(tmp_path):
     for code in ("ledger.single_pass", "ledger.score_before_update", "ledger.normalized",
                  "metric.matches_submission", "size.within_limit", "train_time.within_limit"):
         assert codes[code] == "pass", code
+    assert codes["isolation.data_view"] == "info" and codes["isolation.network"] == "pass"
+    assert codes["isolation.pid_namespace"] in ("pass", "warn")  # warn where unshare is not permitted
     assert "[train] step:1/120 train_loss:" in run.stdout and "[eval] final_tiny_ttt" in run.stdout
     log = (tmp_path / "run" / "seed_3" / "train.log").read_text()
     losses = [float(line.split("train_loss:")[1]) for line in log.splitlines() if "train_loss:" in line]
