@@ -168,6 +168,18 @@ def test_third_party_import_needs_requirements(record, rules):
     assert "files.requirements_missing" not in codes(judge(folder, rules))
 
 
+def test_shipped_event_client_is_counted_but_not_linted(record, rules):
+    from harness.check import CLIENT
+
+    folder = record(SP8192)
+    (folder / "train_gpt.py").write_text("from pgolf_events import Events\n")
+    (folder / "pgolf_events.py").write_bytes(CLIENT.read_bytes())
+    v = judge(folder, rules)
+    assert not [f for f in v.findings if f.check == "lint"]
+    (folder / "pgolf_events.py").write_bytes(CLIENT.read_bytes() + b"\nimport requests\n")  # no longer ours
+    assert "lint.network" in codes(judge(folder, rules))
+
+
 def test_unparseable_script_warns(record, rules):
     folder = record(SP8192)
     (folder / "train_gpt.py").write_text("def broken(:\n")
