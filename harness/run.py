@@ -25,7 +25,7 @@ from harness import budgets
 from harness.atomic import write_text_atomic
 from harness.claims import SeedEvidence, pick_score
 from harness.client.pgolf_events import audit_positions
-from harness.code import counted_bytes, scan_code
+from harness.code import CodeScan, counted_bytes, scan_code
 from harness.data.shards import ShardError, read_tokens, train_shards, val_byte_sidecars, val_shards
 from harness.events import EventServer, Received
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding, UsageError
@@ -70,6 +70,15 @@ def _view(spec: RunSpec, name: str, shards: list[Path]) -> Path:
     for path in [*shards, spec.tokenizer]:
         _link_or_copy(path, folder / path.name)
     return folder
+
+
+def _stage(spec: RunSpec, rules: Rules) -> tuple[Path, Path, CodeScan, dict[str, str]]:
+    """Copy the code the job runs from, make the empty artifact folder, and fingerprint the code
+    so anything a job writes beside the artifact shows."""
+    code, artifact = spec.out / "code", spec.out / "artifact"
+    shutil.copytree(spec.submission, code, ignore=shutil.ignore_patterns("*.log", "__pycache__"))
+    artifact.mkdir()
+    return code, artifact, scan_code(code, rules), _fingerprint(code)
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
@@ -225,12 +234,8 @@ def run_seed(spec: RunSpec, rules: Rules) -> Verdict:
         sidecar = read_tokens(sidecars) if sidecars else None
     except (ShardError, OSError) as exc:
         raise UsageError(f"cannot prepare the data views: {exc}") from None
-    code, artifact = spec.out / "code", spec.out / "artifact"
-    shutil.copytree(spec.submission, code, ignore=shutil.ignore_patterns("*.log", "__pycache__"))
-    artifact.mkdir()
-    scan = scan_code(code, rules)
+    code, artifact, scan, before = _stage(spec, rules)
     code_bytes = counted_bytes(code, scan, compressed=False, rules=rules).total
-    before = _fingerprint(code)
 
     findings: list[Finding] = []
     extra: dict[str, Any] = {"nproc": spec.nproc, "phases": {}}
@@ -298,10 +303,7 @@ def _run_legacy(spec: RunSpec, rules: Rules, track: Track) -> Verdict:
                      + val_byte_sidecars(spec.dataset))
     except (ShardError, OSError) as exc:
         raise UsageError(f"cannot prepare the data view: {exc}") from None
-    code, artifact = spec.out / "code", spec.out / "artifact"
-    shutil.copytree(spec.submission, code, ignore=shutil.ignore_patterns("*.log", "__pycache__"))
-    artifact.mkdir()
-    scan, before = scan_code(code, rules), _fingerprint(code)
+    code, artifact, scan, before = _stage(spec, rules)
     limit = spec.train_limit_s + spec.eval_limit_s
     job = run_phase(_torchrun(spec), env=_env(spec, "legacy", data, artifact, None), cwd=code,
                     log_path=spec.out / "legacy.log", limit_s=limit, grace_s=spec.grace_s, network=False,
