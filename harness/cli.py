@@ -134,8 +134,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgolf", description="Check, run and rerun Parameter Golf submissions.")
     parser.add_argument("--version", action="version", version=f"pgolf {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # options several commands share, defined once
+    rules = argparse.ArgumentParser(add_help=False)
+    rules.add_argument("--rules", type=Path, metavar="FILE", help="use another rules YAML (default: bundled)")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", help="print nothing; rely on the exit code and files")
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", help="also list passes inside failing groups")
 
-    check = commands.add_parser("check", help="judge a submission folder before its PR is opened",
+    check = commands.add_parser("check", parents=[rules, verbose, quiet], help="judge a submission folder before its PR is opened",
                                 description="Judge a records/<track>/YYYY-MM-DD_Name/ folder: files, "
                                 "submission.json, claims against the seed logs, artifact bytes, time limits, "
                                 "significance against a frontier, and a static legality lint.")
@@ -148,12 +155,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="the frontier: a record folder, or its per-seed val_bpb values")
     check.add_argument("--json", type=Path, metavar="FILE", help="write the verdict as JSON (verdict.schema.json)")
     check.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary for a CI step")
-    check.add_argument("--rules", type=Path, metavar="FILE", help="use another rules YAML (default: bundled)")
-    check.add_argument("-v", "--verbose", action="store_true", help="also list passes inside failing groups")
-    check.add_argument("-q", "--quiet", action="store_true", help="print nothing; rely on the exit code and files")
     check.set_defaults(handler=cmd_check)
 
-    run = commands.add_parser("run", help="one seeded run as isolated, timed train and eval phases",
+    run = commands.add_parser("run", parents=[rules, verbose, quiet], help="one seeded run as isolated, timed train and eval phases",
                               description="Run a submission's train phase (training shards only, must leave an "
                               "artifact) and eval phase (artifact + validation shards, no network) under torchrun; "
                               "the harness measures the clocks, counts the artifact bytes, computes val_bpb itself "
@@ -171,12 +175,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="the script does not speak the protocol: run it as one job (train + eval hard limits, no "
                           "network, DATA_PATH with both splits) and read its scores from its log; the verdict "
                           "lists the guarantees this leaves unenforced")
-    run.add_argument("--rules", type=Path, metavar="FILE", help="use another rules YAML (default: bundled)")
-    run.add_argument("-v", "--verbose", action="store_true", help="also list passes inside failing groups")
-    run.add_argument("-q", "--quiet", action="store_true", help="print nothing; rely on the exit code and files")
     run.set_defaults(handler=cmd_run)
 
-    export = commands.add_parser("export", help="turn a finished run into a PR-ready records folder",
+    export = commands.add_parser("export", parents=[rules, quiet], help="turn a finished run into a PR-ready records folder",
                                  description="Write DEST/YYYY-MM-DD_NAME/ from a `pgolf run` folder: its code, a "
                                  "train_seed{S}.log per seed with the harness's measured numbers in lines pgolf check "
                                  "reads, submission.json from the same numbers, and a README skeleton to fill in.")
@@ -188,8 +189,6 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--dest", type=Path, help="parent folder (default: records/<the run's track>); a track "
                         "folder's name sets the track")
     export.add_argument("--force", action="store_true", help="export even when the run's verdict is FAIL")
-    export.add_argument("--rules", type=Path, metavar="FILE", help="use another rules YAML (default: bundled)")
-    export.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     export.set_defaults(handler=cmd_export)
 
     data = commands.add_parser("data", help="challenge data: the embedded demo, download, verification")
