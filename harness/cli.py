@@ -80,6 +80,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     return worst
 
 
+def _limit(args: argparse.Namespace, rules, phase: str) -> float:
+    return args.limit or rules.hard_limits[f"{phase}_s"]
+
+
+def cmd_phase_train(args: argparse.Namespace) -> int:
+    from harness.run import PhaseSpec, phase_succeeded, train_phase
+
+    rules = load_rules(args.rules)
+    if args.track not in rules.tracks:
+        raise UsageError(f"unknown track '{args.track}'; known: {', '.join(rules.tracks)}")
+    for path, what in ((args.submission, "submission folder"), (args.data, "data folder")):
+        if not path.is_dir():
+            raise UsageError(f"{path}: no such {what}")
+    if args.nproc < 1:
+        raise UsageError("--nproc must be at least 1")
+    out = args.out.resolve()
+    phase = PhaseSpec(out, args.data.resolve(), (args.artifact or out / "artifact").resolve(),
+                      _limit(args, rules, "train"), rules.hard_limits["grace_s"], echo=not args.quiet)
+    record = train_phase(phase, args.submission.resolve(), args.seed, args.nproc, args.track, rules)
+    return 0 if phase_succeeded(record) else 1
+
+
+def cmd_phase_eval(args: argparse.Namespace) -> int:
+    from harness.run import PhaseSpec, artifact_of, eval_phase, phase_succeeded
+
+    rules = load_rules(args.rules)
+    if not args.data.is_dir():
+        raise UsageError(f"{args.data}: no such data folder")
+    out = args.out.resolve()
+    phase = PhaseSpec(out, args.data.resolve(), (args.artifact or artifact_of(out)).resolve(),
+                      _limit(args, rules, "eval"), rules.hard_limits["grace_s"], echo=not args.quiet)
+    record = eval_phase(phase, rules)
+    return 0 if not record["skipped"] and phase_succeeded(record) else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from harness.run import verify
+
+    if not args.out.is_dir():
+        raise UsageError(f"{args.out}: no such seed folder")
+    verdict = verify(args.out.resolve(), load_rules(args.rules)).to_dict()
+    if not args.quiet:
+        render_terminal(verdict, sys.stdout, verbose=args.verbose)
+    return EXIT[verdict["status"]]
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.export import export_run
 
@@ -177,6 +223,37 @@ def _parser() -> argparse.ArgumentParser:
                           "lists the guarantees this leaves unenforced")
     run.set_defaults(handler=cmd_run)
 
+    phase = commands.add_parser("phase", help="run one phase of one seed (what each container of a run does)",
+                                description="Run the train or the eval phase of one seed by itself, as `pgolf run` "
+                                "does, and record it in SEEDDIR/phase_<name>.json; `pgolf verify SEEDDIR` then "
+                                "writes the verdict. Exit 0 when the job succeeded, 1 when it failed (recorded).")
+    phase_commands = phase.add_subparsers(dest="phase_command", required=True, metavar="PHASE")
+    phase_train = phase_commands.add_parser("train", parents=[rules, quiet], help="the train phase",
+                                            description="Copy the submission into SEEDDIR/code and run its train job "
+                                            "with DATA_PATH=--data (training shards and the tokenizer only).")
+    phase_train.add_argument("--submission", type=Path, required=True, help="folder with train_gpt.py")
+    phase_train.add_argument("--seed", type=int, required=True, help="the seed (SEED, PGOLF_SEED)")
+    phase_train.add_argument("--nproc", type=int, default=1, help="ranks (torchrun --nproc_per_node)")
+    phase_train.add_argument("--track", default="track_10min_16mb", help="track whose limits judge the run")
+    phase_train.set_defaults(handler=cmd_phase_train)
+    phase_eval = phase_commands.add_parser("eval", parents=[rules, quiet], help="the eval phase",
+                                           description="Run the eval job of the seed whose train phase SEEDDIR "
+                                           "holds, with DATA_PATH=--data (validation shards and the tokenizer "
+                                           "only), the artifact read-only and the score ledger.")
+    phase_eval.set_defaults(handler=cmd_phase_eval)
+    for sub in (phase_train, phase_eval):
+        sub.add_argument("--data", type=Path, required=True, help="the folder the job sees as DATA_PATH")
+        sub.add_argument("--out", type=Path, required=True, metavar="SEEDDIR", help="the seed's folder")
+        sub.add_argument("--artifact", type=Path, help="PGOLF_ARTIFACT_DIR (default: SEEDDIR/artifact, or where "
+                         "the train phase left it)")
+        sub.add_argument("--limit", type=float, help="hard limit in s (default: rules.yaml hard_limits)")
+
+    verify = commands.add_parser("verify", parents=[rules, verbose, quiet], help="the verdict of a seed's phases",
+                                 description="Assemble SEEDDIR/verdict.json from the phase records, the code and "
+                                 "the artifact: exit 0 pass or warn, 1 fail.")
+    verify.add_argument("out", type=Path, metavar="SEEDDIR", help="the seed's folder")
+    verify.set_defaults(handler=cmd_verify)
+
     export = commands.add_parser("export", parents=[rules, quiet], help="turn a finished run into a PR-ready records folder",
                                  description="Write DEST/YYYY-MM-DD_NAME/ from a `pgolf run` folder: its code, a "
                                  "train_seed{S}.log per seed with the harness's measured numbers in lines pgolf check "
@@ -220,6 +297,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--tokenizer", type=Path, help="tokenizer file (default: ../../tokenizers/<name>)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=cmd_data_verify)
+
     return parser
 
 

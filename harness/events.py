@@ -43,6 +43,7 @@ class Received:
     hellos: dict[int, dict[str, Any]] = field(default_factory=dict)
     marks: dict[str, dict[int, float]] = field(default_factory=dict)  # name -> rank -> time
     results: dict[int, dict[str, float]] = field(default_factory=dict)
+    steps: dict[int, int] = field(default_factory=dict)  # rank -> optimizer steps, from its train_end mark
     score_frames: int = 0
     score_values: int = 0
     problems: list[str] = field(default_factory=list)  # protocol violations, in arrival order
@@ -198,6 +199,8 @@ class EventServer:
             return self._problem(conn, f"sent '{kind}' before its hello")
         elif kind == "mark":
             self.received.marks.setdefault(message["name"], {})[conn.rank] = t
+            if "steps" in message:
+                self.received.steps[conn.rank] = message["steps"]
         elif kind == "update":
             if self.ledger is None:
                 self._problem(conn, "declared a validation update in the train phase")

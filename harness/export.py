@@ -28,6 +28,7 @@ from harness.findings import FAIL, UsageError
 from harness.folder import FOLDER_NAME
 from harness.logs import read_log
 from harness.rules import Rules
+from harness.run import artifact_of
 from harness.validation import load_schema
 
 SCORE_LABEL = "final_pgolf_roundtrip_exact"
@@ -125,10 +126,12 @@ def _copy_code(code: Path, tmp: Path, rules: Rules) -> tuple[list[str], list[str
 def _seed_result(seed_dir: Path, verdict: dict[str, Any], code_bytes: int, rules: Rules) -> dict[str, Any]:
     """Per-seed numbers as the harness measured them: the marked spans when sent, else phase wall clocks."""
     facts = verdict["seeds"][seed_dir.name.removeprefix("seed_")]
-    model = sum(p.stat().st_size for p in (seed_dir / "artifact").rglob("*") if p.is_file())
+    model = sum(p.stat().st_size for p in artifact_of(seed_dir).rglob("*") if p.is_file())
     train_s = facts.get("train_marked_s") or facts["train_wall_s"]
     eval_s = facts.get("eval_marked_s") or facts["eval_wall_s"]
-    steps = read_log(seed_dir / "train.log", seed_dir, rules).steps if (seed_dir / "train.log").is_file() else None
+    steps = facts.get("steps")  # the submission's train_end mark; else whatever its own log shows
+    if steps is None and (seed_dir / "train.log").is_file():
+        steps = read_log(seed_dir / "train.log", seed_dir, rules).steps
     return {"val_bpb": round(facts["val_bpb"], 8), "val_loss": round(facts["val_loss"], 8),
             "artifact_bytes": model + code_bytes, "model_bytes": model, "code_bytes": code_bytes,
             "train_time_s": round(train_s, 3), "eval_time_s": round(eval_s, 3), "steps": steps}
@@ -149,7 +152,8 @@ def _seed_log(seed_dir: Path, seed: int, verdict: dict[str, Any], r: dict[str, A
         f"{SCORE_LABEL} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} "
         f"eval_time:{round(r['eval_time_s'] * 1000)}ms",
         "train_time is the harness clock between the train_start and train_end marks (else the phase's wall "
-        "clock), eval_time likewise; steps are the submission's own count (0: its log shows none)",
+        "clock), eval_time likewise; steps are the submission's own count, from its train_end mark or its log "
+        "(0: it reported none)",
         "=" * 80,
         "The submission's own output, for reference only (prefixed, so no line below is read as evidence):",
     ]

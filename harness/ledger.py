@@ -5,8 +5,13 @@ time it was sent: `score` ranges with their NLLs, `update` declarations made
 before each state change, and `audit` distributions at seeded positions. Ranks'
 connections are read in no particular order, so score-before-update is judged
 at the end on send times, not on arrival. Per validation position it keeps a
-count, the NLL and when it was first scored (13 bytes: 40M positions cost
-520 MB), so every check is a numpy slice, not a Python loop.
+count, the NLL, when and by which rank it was first scored (15 bytes: 40M
+positions cost 600 MB), so every check is a numpy slice, not a Python loop.
+
+An update before scoring is told apart in two kinds: fitting on a window and
+then scoring it (SLOT/ETLB style: the same rank scores the range's unscored
+positions, and nothing past its end, before its next update), and any other
+update on positions not yet scored (pre-quantization TTT and the like).
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ class Ledger:
         self.count = np.zeros(self.n, dtype=np.uint8)
         self.nll = np.full(self.n, np.nan, dtype=np.float32)
         self.scored_at = np.full(self.n, np.inf)  # send time of the first score of each position
+        self.scored_by = np.zeros(self.n, dtype=np.uint16)  # rank that first scored each position
         self.audit_wanted = set(audit_positions)
         self.audits: dict[int, tuple[float, float]] = {}  # position -> (logsumexp, -logprob[target])
         self.tolerance = tolerance
@@ -63,6 +69,8 @@ class Ledger:
         if already.size:
             self._problem("double_scored", f"rank {rank} scored positions {start + int(already[0])}… again "
                                            f"({already.size} of [{start}, {end}))")
+        first = self.count[start:end] == 0
+        self.scored_by[start:end][first] = rank
         self.count[start:end] += 1
         self.nll[start:end] = nlls
         np.minimum(self.scored_at[start:end], sent, out=self.scored_at[start:end])
@@ -79,13 +87,24 @@ class Ledger:
             return
         self._judged = True
         last_end = 0
-        for sent, start, end, rank in sorted(self.updates):
+        updates = sorted(self.updates)
+        for i, (sent, start, end, rank) in enumerate(updates):
             lo = max(start, 1)
             late = np.flatnonzero(self.scored_at[lo:end] > sent)
             if late.size:
-                self._problem("update_before_score",
-                              f"rank {rank} declared an update on [{start}, {end}) while {late.size} of its "
-                              f"positions were not yet scored (first: {lo + int(late[0])})")
+                next_update = next((u[0] for u in updates[i + 1:] if u[3] == rank), np.inf)
+                positions = lo + late
+                beyond = end < self.n and self.scored_by[end] == rank and sent < self.scored_at[end] < next_update
+                if ((self.scored_by[positions] == rank).all() and (self.scored_at[positions] < next_update).all()
+                        and not beyond):
+                    self._problem("fit_on_scored_window",
+                                  f"rank {rank} declared an update on [{start}, {end}) and then scored its "
+                                  f"{late.size} unscored positions, and nothing beyond, with the updated state "
+                                  "(SLOT-style fitting on the window being scored)")
+                else:
+                    self._problem("update_before_score",
+                                  f"rank {rank} declared an update on [{start}, {end}) while {late.size} of its "
+                                  f"positions were not yet scored (first: {lo + int(late[0])})")
             if start < last_end < end:
                 self._problem("update_order", f"rank {rank} declared [{start}, {end}) overlapping the previous "
                                               f"update, which ended at {last_end}")
@@ -120,7 +139,7 @@ class Ledger:
         if not missing and not twice:
             out.append(Finding("ledger", PASS, "ledger.single_pass",
                                f"C4: each of the {self.n - 1:,} target positions was scored exactly once"))
-        if self.updates and "update_before_score" not in self.problems:
+        if self.updates and not {"update_before_score", "fit_on_scored_window"} & self.problems.keys():
             out.append(Finding("ledger", PASS, "ledger.score_before_update",
                                f"C3: all {len(self.updates)} update declarations covered already-scored positions"))
         out += self._audit_findings()

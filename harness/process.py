@@ -6,16 +6,25 @@ small init process in a fresh PID namespace (`unshare --pid --fork --kill-child`
 takes every process of the job down. Elsewhere the job runs in its own session and the harness
 tracks every descendant through /proc (isolation is then only "observed").
 
+Inside the namespace the init also enforces the phase's data view: each folder the job must not
+read (the full dataset, the other phase's view) gets an empty tmpfs mounted over it, holding only
+"tripwire" files named like the hidden shards; a tripwire read shows as its access time moving,
+so the harness learns which hidden file the job tried to read. Network attempts from a namespace
+without network are counted from its own IP statistics (OutNoRoutes), which a script that catches
+the error cannot hide.
+
 Deadline: SIGTERM to every process of the job (ranks can flush), `grace_s` later SIGKILL to all.
 Afterwards /proc is scanned for anything of the job still alive (by tree, remembered pids and an
 environment marker); stragglers are killed and whatever still lives is reported as a survivor.
 
-This file is also the namespace's init: `python process.py --init FD NET -- CMD...` (stdlib only).
+This file is also the namespace's init: `python process.py --init FD NET HIDE -- CMD...` (stdlib only).
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import functools
+import json
 import os
 import select
 import shutil
@@ -33,6 +42,8 @@ from pathlib import Path
 MARKER = "PGOLF_JOB"  # env var carrying a per-job token, so /proc scans find the job's processes
 TICK_S = 0.25  # how often the process tree is re-scanned while the job runs
 KILL_WAIT_S = 10.0  # how long SIGKILLed processes may take to disappear (GPU teardown is slow)
+# what a tripwire holds: a valid challenge shard header announcing zero tokens
+TRIPWIRE = (20240520).to_bytes(4, "little") + (1).to_bytes(4, "little") + bytes(1016)
 
 
 class PhaseStartError(RuntimeError):
@@ -48,25 +59,31 @@ class PhaseProcess:
     timed_out: bool  # the harness sent SIGTERM at the limit
     signal: str | None  # e.g. "SIGKILL" when a signal ended the job's main process
     sigterm_at: float | None  # monotonic time of the harness's SIGTERM, if one was sent
-    isolation: dict[str, str]  # pid_namespace: enforced|observed; network: disabled|observed|enabled
+    isolation: dict[str, str]  # pid_namespace: enforced|observed; network: disabled|observed|enabled;
+    #                            data_view (when folders were hidden): enforced|observed
     survivors: list[int]  # pids of the job alive after cleanup; anything here is a harness failure
+    hidden_reads: list[str]  # tripwires the job read or removed: files it was not allowed to see
+    network_attempts: int | None  # packets the job tried to send off the host (None: not counted)
 
 
 def run_phase(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path, limit_s: float,
               grace_s: float = 10.0, network: bool = True, prefix: str = "", echo: bool = True,
-              isolate: bool = True) -> PhaseProcess:
+              isolate: bool = True, hide: dict[Path, list[str]] | None = None) -> PhaseProcess:
     """Run `cmd` to completion or to `limit_s` (+`grace_s`); a crash is data, never an exception.
 
-    `isolate=False` skips the PID/network namespace (tests, debugging). Ctrl-C or SIGTERM to the
+    `isolate=False` skips the PID/network namespace (tests, debugging). `hide` maps folders the
+    job must not read to the file names to plant as tripwires there. Ctrl-C or SIGTERM to the
     harness stops the job the same way as the deadline, then raises KeyboardInterrupt.
     """
     _check_command(cmd, env, Path(cwd))
     pid_ns = isolate and _unshare_works(net=False)
     net_ns = pid_ns and not network and _unshare_works(net=True)
-    isolation = {"pid_namespace": "enforced" if pid_ns else "observed",
-                 "network": "enabled" if network else "disabled" if net_ns else "observed"}
+    wanted = {str(folder): names for folder, names in (hide or {}).items()}
+    hide = {folder: names for folder, names in wanted.items()
+            if Path(folder).is_dir() and not Path(cwd).resolve().is_relative_to(Path(folder).resolve())}
     with _InterruptGate() as gate:  # no Ctrl-C between spawn and try, nor during the cleanup
-        job = _Job(cmd, env, Path(cwd), Path(log_path), prefix if echo else None, pid_ns, net_ns)
+        job = _Job(cmd, env, Path(cwd), Path(log_path), prefix if echo else None, pid_ns, net_ns,
+                   hide if pid_ns else {})
         try:
             gate.open()
             timed_out = _supervise(job, limit_s, grace_s)
@@ -76,11 +93,16 @@ def run_phase(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path,
         finally:
             gate.close()
             survivors = job.close()
-    rc = job.returncode
+    rc, report = job.returncode, job.report
+    isolation = {"pid_namespace": "enforced" if pid_ns else "observed",
+                 "network": "enabled" if network else "disabled" if net_ns else "observed"}
+    if wanted:  # enforced only when every folder asked for was hidden
+        isolation["data_view"] = "enforced" if hide == wanted and report.get("hidden") else "observed"
     return PhaseProcess(returncode=rc, started=job.started, ended=job.ended,
                         wall_s=job.ended - job.started, timed_out=timed_out,
                         signal=signal.Signals(-rc).name if rc < 0 else None,
-                        sigterm_at=job.sigterm_at, isolation=isolation, survivors=survivors)
+                        sigterm_at=job.sigterm_at, isolation=isolation, survivors=survivors,
+                        hidden_reads=report.get("tripped", []), network_attempts=report.get("net_attempts"))
 
 
 def _supervise(job: _Job, limit_s: float, grace_s: float) -> bool:
@@ -132,14 +154,16 @@ class _Job:
     """One running job: its main process, its output reader and everything it spawned."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path,
-                 prefix: str | None, pid_ns: bool, net_ns: bool):
+                 prefix: str | None, pid_ns: bool, net_ns: bool, hide: dict[str, list[str]]):
         self.token = uuid.uuid4().hex
         env = {**env, MARKER: self.token}
-        self.link = None  # socket to the namespace init: lifeline out, exit status back
+        self.link = None  # socket to the namespace init: lifeline out, exit status and report back
+        self.report: dict = {}
         if pid_ns:
             self.link, init_end = socket.socketpair()
             argv = _unshare_argv(net_ns) + [sys.executable, "-I", "-S", os.path.abspath(__file__),
-                                           "--init", str(init_end.fileno()), str(int(net_ns)), "--", *cmd]
+                                           "--init", str(init_end.fileno()), str(int(net_ns)), json.dumps(hide),
+                                           "--", *cmd]
             fds = (init_end.fileno(),)
         else:
             argv, fds = cmd, ()
@@ -248,25 +272,31 @@ class _Job:
             self.proc.stdout.close()
         os.close(self.pidfd)
         self.log.close()
-        self.status = self._init_status()
+        self.report = self._init_report()
         return survivors
 
-    def _init_status(self) -> int | None:
+    def _init_report(self) -> dict:
+        """What the init sent before it exited: the job's wait status, tripwires, network attempts."""
         if self.link is None:
-            return None
+            return {}
         self.link.setblocking(False)
+        data = b""
         try:
-            data = self.link.recv(32)
+            while chunk := self.link.recv(65536):
+                data += chunk
         except OSError:
-            data = b""
+            pass
         self.link.close()
-        return int(data) if data else None
+        try:
+            return json.loads(data) if data else {}
+        except ValueError:
+            return {}
 
     @property
     def returncode(self) -> int:
         """The job's own exit code; the init relays it exactly (signals included)."""
-        if self.status is not None:
-            return os.waitstatus_to_exitcode(self.status)
+        if "status" in self.report:
+            return os.waitstatus_to_exitcode(self.report["status"])
         return self.proc.returncode
 
 
@@ -336,15 +366,86 @@ def _bring_loopback_up() -> None:
         fcntl.ioctl(sock, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
 
 
-def _init(link_fd: int, net: bool, cmd: list[str]) -> None:
-    """PID 1 of the job's namespace: start the job, reap every orphan, relay the job's exact wait
-    status to the harness, and die with it when the harness dies (its end of the link closes).
+def _out_no_routes() -> int:
+    """IPv4 + IPv6 packets this network namespace could not route: attempts to leave the host."""
+    total = 0
+    try:
+        head, values = open("/proc/net/snmp").read().splitlines()[:2]
+        total += int(dict(zip(head.split(), values.split()))["OutNoRoutes"])
+        for line in open("/proc/net/snmp6"):
+            if line.startswith("Ip6OutNoRoutes"):
+                total += int(line.split()[1])
+    except (OSError, KeyError, ValueError):
+        pass
+    return total
+
+
+def _resolve_loopback_locally() -> None:
+    """Give the namespace an /etc/hosts that names the loopback addresses and this host, as container
+    engines do: torchrun's reverse lookups of its own sockets then never reach for a DNS server, so
+    every packet counted as unroutable was the job's own attempt to leave the host."""
+    try:
+        text = open("/etc/hosts").read()
+    except OSError:
+        text = ""
+    host = socket.gethostname()
+    text += f"\n127.0.0.1 localhost {host}\n::1 localhost ip6-localhost ip6-loopback {host}\n"
+    staged = f"/dev/shm/pgolf-hosts-{os.getpid()}"
+    try:
+        with open(staged, "w") as f:
+            f.write(text)
+        ctypes.CDLL(None, use_errno=True).mount(staged.encode(), b"/etc/hosts", None, 0x1000, None)  # MS_BIND
+    except OSError:
+        pass
+    finally:
+        try:
+            os.unlink(staged)
+        except OSError:
+            pass
+
+
+def _hide(folders: dict[str, list[str]]) -> bool:
+    """Mount an empty tmpfs over each folder (this mount namespace only) and plant its tripwires,
+    dated 1970 so that any read moves their access time."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    flags = 0x2 | 0x4 | 0x8  # MS_NOSUID | MS_NODEV | MS_NOEXEC
+    for folder, names in folders.items():
+        if libc.mount(b"pgolf-hidden", folder.encode(), b"tmpfs", flags, b"size=4m,mode=0555") != 0:
+            return False
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "wb") as f:
+                f.write(TRIPWIRE)
+            os.utime(path, (0, 0))
+    return True
+
+
+def _tripped(folders: dict[str, list[str]]) -> list[str]:
+    out = []
+    for folder, names in folders.items():
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                if os.stat(path).st_atime > 0:
+                    out.append(path)
+            except OSError:
+                out.append(path)
+    return out
+
+
+def _init(link_fd: int, net: bool, hide: dict[str, list[str]], cmd: list[str]) -> None:
+    """PID 1 of the job's namespace: hide the folders the job must not read, start the job, reap
+    every orphan, then report the job's exact wait status, the tripwires it touched and its network
+    attempts to the harness, and die with it when the harness dies (its end of the link closes).
     When this process exits the kernel kills everything left in the namespace."""
     os.set_inheritable(link_fd, False)
     link = socket.socket(fileno=link_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a job's killpg(0, SIGINT) must not end the init
     if net:
         _bring_loopback_up()
+        _resolve_loopback_locally()
+    hidden = _hide(hide) if hide else False
+    sent_before = _out_no_routes() if net else 0
     try:
         child = os.posix_spawnp(cmd[0], cmd, os.environ,
                                 setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ))
@@ -356,10 +457,12 @@ def _init(link_fd: int, net: bool, cmd: list[str]) -> None:
         pid, status = os.wait()
         if pid == child:
             break
-    link.sendall(str(status).encode())
+    report = {"status": status, "hidden": hidden, "tripped": _tripped(hide) if hidden else [],
+              "net_attempts": _out_no_routes() - sent_before if net else None}
+    link.sendall(json.dumps(report).encode())
     code = os.waitstatus_to_exitcode(status)
     os._exit(code if code >= 0 else 128 - code)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--init"]:
-    _init(int(sys.argv[2]), sys.argv[3] == "1", sys.argv[5:])
+    _init(int(sys.argv[2]), sys.argv[3] == "1", json.loads(sys.argv[4]), sys.argv[6:])

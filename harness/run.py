@@ -7,10 +7,16 @@ reap, and the protocol's marks stamped on arrival), counts the artifact bytes,
 computes val_bpb from the reported NLLs with its own byte accounting, and
 audits the score-first ledger. Everything lands in the seed's folder:
 phase logs, event logs, the artifact and verdict.json.
+
+Each phase is also a command of its own (`pgolf phase train|eval`, then
+`pgolf verify`), so a container engine can run every phase in its own
+container: a phase writes `phase_<name>.json` (its process facts and findings)
+and verify assembles the verdict from those records and the artifact.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -72,13 +78,12 @@ def _view(spec: RunSpec, name: str, shards: list[Path]) -> Path:
     return folder
 
 
-def _stage(spec: RunSpec, rules: Rules) -> tuple[Path, Path, CodeScan, dict[str, str]]:
-    """Copy the code the job runs from, make the empty artifact folder, and fingerprint the code
-    so anything a job writes beside the artifact shows."""
-    code, artifact = spec.out / "code", spec.out / "artifact"
-    shutil.copytree(spec.submission, code, ignore=shutil.ignore_patterns("*.log", "__pycache__"))
-    artifact.mkdir()
-    return code, artifact, scan_code(code, rules), _fingerprint(code)
+def _stage(out: Path, submission: Path, rules: Rules) -> tuple[Path, CodeScan, dict[str, str]]:
+    """Copy the code the job runs from and fingerprint it, so anything a job writes beside the
+    artifact shows."""
+    code = out / "code"
+    shutil.copytree(submission, code, ignore=shutil.ignore_patterns("*.log", "__pycache__"))
+    return code, scan_code(code, rules), _fingerprint(code)
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
@@ -86,12 +91,20 @@ def _fingerprint(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _env(spec: RunSpec, phase: str, data: Path, artifact: Path, socket_path: Path | None) -> dict[str, str]:
+@dataclass(frozen=True)
+class JobSpec:
+    """What every phase's job is told besides its folders."""
+    seed: int
+    nproc: int
+    tokenizer: str  # file name of the SentencePiece model inside DATA_PATH
+
+
+def _env(job: JobSpec, phase: str, data: Path, artifact: Path, socket_path: Path | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGOLF_")}
     env.update({
-        "PGOLF_PHASE": phase, "PGOLF_PROTOCOL": "1", "PGOLF_SEED": str(spec.seed), "SEED": str(spec.seed),
-        "DATA_PATH": str(data), "TOKENIZER_PATH": str(data / spec.tokenizer.name),
-        "PGOLF_ARTIFACT_DIR": str(artifact), "PGOLF_AUDIT_SEED": str(spec.seed), "HF_HUB_OFFLINE": "1",
+        "PGOLF_PHASE": phase, "PGOLF_PROTOCOL": "1", "PGOLF_SEED": str(job.seed), "SEED": str(job.seed),
+        "DATA_PATH": str(data), "TOKENIZER_PATH": str(data / job.tokenizer),
+        "PGOLF_ARTIFACT_DIR": str(artifact), "PGOLF_AUDIT_SEED": str(job.seed), "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(CLIENT_DIR), os.environ.get("PYTHONPATH")])),
     })
@@ -100,22 +113,21 @@ def _env(spec: RunSpec, phase: str, data: Path, artifact: Path, socket_path: Pat
     return env
 
 
-def _torchrun(spec: RunSpec) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.nproc}",
+def _torchrun(nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "train_gpt.py"]
 
 
-def _phase(spec: RunSpec, phase: str, data: Path, artifact: Path, code: Path, ledger: Ledger | None,
-           limit_s: float) -> tuple[PhaseProcess, Received]:
-    cmd = _torchrun(spec)
+def _phase(job: JobSpec, phase: PhaseSpec, name: str, code: Path, ledger: Ledger | None) -> tuple[PhaseProcess, Received]:
     with tempfile.TemporaryDirectory(prefix="pgolf-") as sockets:  # AF_UNIX paths must stay short
         socket_path = Path(sockets) / "events.sock"
-        with (spec.out / f"events_{phase}.jsonl").open("w", encoding="utf-8") as log:
+        with (phase.out / f"events_{name}.jsonl").open("w", encoding="utf-8") as log:
             server = EventServer(socket_path, log, ledger)
             with server:
-                process = run_phase(cmd, env=_env(spec, phase, data, artifact, socket_path), cwd=code,
-                                    log_path=spec.out / f"{phase}.log", limit_s=limit_s, grace_s=spec.grace_s,
-                                    network=False, prefix=f"[{phase}] ", echo=spec.echo)
+                process = run_phase(_torchrun(job.nproc), env=_env(job, name, phase.data, phase.artifact, socket_path),
+                                    cwd=code, log_path=phase.out / f"{name}.log", limit_s=phase.limit_s,
+                                    grace_s=phase.grace_s, network=False, prefix=f"[{name}] ", echo=phase.echo,
+                                    hide={folder: list(names) for folder, names in phase.hide})
     return process, server.received
 
 
@@ -147,13 +159,28 @@ def _process_findings(phase: str, p: PhaseProcess, received: Received, limit_s: 
         out.append(Finding("protocol", WARN, "protocol.silent", f"{phase}: no rank connected to the event channel; "
                            "nothing the submission did was measured from inside", data={"phase": phase}))
     for guarantee, state in p.isolation.items():
-        status = PASS if state in ("enforced", "disabled") else WARN
-        out.append(Finding("isolation", status, f"isolation.{guarantee}",
-                           f"{phase}: {guarantee.replace('_', ' ')} {state}", data={"phase": phase, "state": state}))
-    out.append(Finding("isolation", INFO, "isolation.data_view",
-                       f"{phase}: data view observed, not enforced: DATA_PATH holds only this phase's shards, but "
-                       "files outside it stay readable by absolute path (the container back end enforces it)",
-                       data={"phase": phase, "state": "observed"}))
+        if guarantee != "data_view":
+            status = PASS if state in ("enforced", "disabled") else WARN
+            out.append(Finding("isolation", status, f"isolation.{guarantee}", f"{phase}: {guarantee.replace('_', ' ')} "
+                               f"{state}", data={"phase": phase, "state": state}))
+    if p.isolation.get("data_view") == "enforced":
+        out.append(Finding("isolation", PASS, "isolation.data_view", f"{phase}: data view enforced: the dataset "
+                           "folder and the other phase's view were hidden from the job (tmpfs over them)",
+                           data={"phase": phase, "state": "enforced"}))
+    else:
+        out.append(Finding("isolation", INFO, "isolation.data_view",
+                           f"{phase}: data view observed, not enforced: DATA_PATH holds only this phase's shards, but "
+                           "files outside it stay readable by absolute path (the container back end enforces it)",
+                           data={"phase": phase, "state": "observed"}))
+    if p.hidden_reads:
+        names = sorted({Path(f).name for f in p.hidden_reads})
+        out.append(Finding("isolation", FAIL, "isolation.data_read", f"{phase}: the job read {len(names)} shard(s) "
+                           f"this phase may not see: {', '.join(names[:5])}{' …' if len(names) > 5 else ''}",
+                           data={"phase": phase, "files": sorted(p.hidden_reads)}))
+    if p.network_attempts:
+        out.append(Finding("isolation", FAIL if phase == "eval" else WARN, "isolation.network_attempt",
+                           f"{phase}: the job tried to reach the network {p.network_attempts} time(s) (refused: no "
+                           "network in the phase's namespace)", data={"phase": phase, "count": p.network_attempts}))
     return out
 
 
@@ -214,71 +241,205 @@ def _metric_findings(ledger: Ledger, tokens: np.ndarray, tokenizer: Path, sideca
     return out, facts
 
 
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One phase of one seed, as `pgolf phase` runs it: `data` is the folder the job sees as DATA_PATH."""
+    out: Path          # the seed's folder: code/, phase records, logs
+    data: Path
+    artifact: Path     # PGOLF_ARTIFACT_DIR: written by train, read-only in eval
+    limit_s: float
+    grace_s: float = 10.0
+    echo: bool = True
+    hide: tuple[tuple[Path, tuple[str, ...]], ...] = ()  # folders the job must not read, with their file names
+
+
+def _tokenizer_in(data: Path) -> Path:
+    models = sorted(data.glob("*.model"))
+    if len(models) != 1:
+        raise UsageError(f"{data}: expected exactly one SentencePiece *.model beside the shards, found "
+                         f"{len(models)}")
+    return models[0]
+
+
+def _record_path(out: Path, phase: str) -> Path:
+    return out / f"phase_{phase}.json"
+
+
+def _write_record(out: Path, phase: str, record: dict[str, Any]) -> None:
+    write_text_atomic(_record_path(out, phase), json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _read_record(out: Path, phase: str) -> dict[str, Any] | None:
+    path = _record_path(out, phase)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable phase record ({exc})") from None
+
+
+def _finding(d: dict[str, Any]) -> Finding:
+    return Finding(d["check"], d["status"], d["code"], d["message"],
+                   tuple(Evidence(e["file"], e.get("line"), e.get("text")) for e in d.get("evidence", [])),
+                   d.get("seed"), d.get("data", {}))
+
+
+def _process_facts(p: PhaseProcess, marked_s: float | None) -> dict[str, Any]:
+    return {"wall_s": p.wall_s, "marked_s": marked_s, "returncode": p.returncode, "isolation": p.isolation}
+
+
+def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track: str, rules: Rules) -> dict[str, Any]:
+    """Copy the code into the seed folder and run the train job; return (and write) its record."""
+    if not (submission / "train_gpt.py").is_file():
+        raise UsageError(f"{submission}: no train_gpt.py to run")
+    if val_shards(phase.data):
+        raise UsageError(f"{phase.data}: holds validation shards; the train phase's DATA_PATH must hold only "
+                         "training shards and the tokenizer")
+    tokenizer = _tokenizer_in(phase.data)
+    try:
+        phase.out.mkdir(parents=True, exist_ok=True)
+        phase.artifact.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {exc.filename}: {exc.strerror}") from None
+    if _record_path(phase.out, "train").exists() or (phase.out / "code").exists():
+        raise UsageError(f"{phase.out} already holds a train phase; pgolf never overwrites a run")
+    if any(phase.artifact.iterdir()):
+        raise UsageError(f"{phase.artifact}: the artifact folder must start empty")
+    code, scan, before = _stage(phase.out, submission, rules)
+    job = JobSpec(seed, nproc, tokenizer.name)
+    process, got = _phase(job, phase, "train", code, None)
+    marked = _span(got, "train_start", "train_end")
+    findings = _process_findings("train", process, got, phase.limit_s)
+    findings += _time_findings("train", marked, rules.tracks[track].train_limit_s, "train_time")
+    if _fingerprint(code) != before:
+        findings.append(Finding("isolation", FAIL, "isolation.code_modified", "the train phase changed files in the "
+                                "code folder: only PGOLF_ARTIFACT_DIR may carry state to evaluation"))
+    record = {"phase": "train", "seed": seed, "nproc": nproc, "track": track, "submission": str(submission),
+              "artifact": str(phase.artifact.resolve()), "tokenizer": tokenizer.name, "limit_s": phase.limit_s,
+              "steps": max(got.steps.values(), default=None),
+              "process": _process_facts(process, marked), "findings": [f.to_dict() for f in findings]}
+    _write_record(phase.out, "train", record)
+    return record
+
+
+def phase_succeeded(record: dict[str, Any]) -> bool:
+    """The job exited 0 (and, for train, left at least one artifact file)."""
+    if record["process"]["returncode"] != 0:
+        return False
+    return record["phase"] != "train" or any(p.is_file() for p in Path(record["artifact"]).rglob("*"))
+
+
+def eval_phase(phase: PhaseSpec, rules: Rules) -> dict[str, Any]:
+    """Run the eval job on the artifact the train phase left, with the ledger; return (and write) its record."""
+    train = _read_record(phase.out, "train")
+    if train is None:
+        raise UsageError(f"{phase.out}: no phase_train.json; run `pgolf phase train` first")
+    if _record_path(phase.out, "eval").exists():
+        raise UsageError(f"{phase.out} already holds an eval phase; pgolf never overwrites a run")
+    if train_shards(phase.data):
+        raise UsageError(f"{phase.data}: holds training shards; the eval phase's DATA_PATH must hold only "
+                         "validation shards and the tokenizer")
+    tokenizer = _tokenizer_in(phase.data)
+    if not phase_succeeded(train):
+        record = {"phase": "eval", "skipped": True, "findings": [Finding(
+            "phase", FAIL, "phase.eval_skipped", "evaluation did not run: training failed or left no "
+            "artifact").to_dict()]}
+        _write_record(phase.out, "eval", record)
+        return record
+    try:
+        val_paths, sidecars = val_shards(phase.data), val_byte_sidecars(phase.data)
+        tokens = read_tokens(val_paths)
+        sidecar = read_tokens(sidecars) if sidecars else None
+    except (ShardError, OSError) as exc:
+        raise UsageError(f"cannot read the validation shards in {phase.data}: {exc}") from None
+    artifact_before = _fingerprint(phase.artifact)
+    for path in [phase.artifact, *phase.artifact.rglob("*")]:
+        try:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        except OSError:  # a read-only mount (the container back ends): already read-only
+            pass
+    ledger = Ledger(tokens, audit_positions(train["seed"], len(tokens)))
+    job = JobSpec(train["seed"], train["nproc"], tokenizer.name)
+    process, got = _phase(job, phase, "eval", phase.out / "code", ledger)
+    marked = _span(got, "eval_start", "eval_end")
+    findings = _process_findings("eval", process, got, phase.limit_s)
+    findings += _time_findings("eval", marked, rules.tracks[train["track"]].eval_limit_s, "eval_time")
+    findings += ledger.findings()
+    if _fingerprint(phase.artifact) != artifact_before:
+        findings.append(Finding("isolation", FAIL, "isolation.artifact_modified",
+                                "the eval phase changed the artifact it was given read-only"))
+    facts: dict[str, Any] = {}
+    if process.returncode == 0:
+        metric, facts = _metric_findings(ledger, tokens, tokenizer, sidecar, got)
+        findings += metric
+    record = {"phase": "eval", "skipped": False, "limit_s": phase.limit_s, "process": _process_facts(process, marked),
+              "metric": facts, "findings": [f.to_dict() for f in findings]}
+    _write_record(phase.out, "eval", record)
+    return record
+
+
+def verify(out: Path, rules: Rules) -> Verdict:
+    """The seed's verdict from its phase records, its code and its artifact; written to verdict.json."""
+    train = _read_record(out, "train")
+    if train is None:
+        raise UsageError(f"{out}: no phase_train.json; not a `pgolf run` seed folder")
+    evaluation = _read_record(out, "eval")
+    track = rules.tracks[train["track"]]
+    code = out / "code"
+    code_bytes = counted_bytes(code, scan_code(code, rules), compressed=False, rules=rules).total
+    findings = [_finding(f) for f in train["findings"]]
+    size, total = _artifact_findings(Path(train["artifact"]), code_bytes, track.artifact_limit_bytes)
+    findings += size
+    facts: dict[str, Any] = {"artifact_bytes": total, "train_wall_s": train["process"]["wall_s"],
+                             "train_marked_s": train["process"]["marked_s"], "steps": train.get("steps")}
+    phases = {"train": train["process"]}
+    if evaluation is None:
+        findings.append(Finding("phase", FAIL, "phase.eval_missing", "no eval phase record: evaluation never ran "
+                                "(or was interrupted)"))
+    else:
+        findings += [_finding(f) for f in evaluation["findings"]]
+        if not evaluation["skipped"]:
+            phases["eval"] = evaluation["process"]
+            facts.update(eval_wall_s=evaluation["process"]["wall_s"], eval_marked_s=evaluation["process"]["marked_s"],
+                         **evaluation["metric"])
+    verdict = Verdict(train["submission"], train["track"], None, findings, {train["seed"]: facts}, command="run",
+                      extra={"nproc": train["nproc"], "phases": phases})
+    write_text_atomic(out / "verdict.json", verdict_json(verdict.to_dict()))
+    return verdict
+
+
+def artifact_of(out: Path) -> Path:
+    """Where the seed's train phase left its artifact (the seed folder's artifact/ unless told otherwise)."""
+    train = _read_record(out, "train")
+    return Path(train["artifact"]) if train else out / "artifact"
+
+
 def run_seed(spec: RunSpec, rules: Rules) -> Verdict:
-    """Train, then evaluate, one seed; never raises for what the submission does."""
-    entry = spec.submission / "train_gpt.py"
-    if not entry.is_file():
+    """Train, then evaluate, one seed natively; never raises for what the submission does."""
+    if not (spec.submission / "train_gpt.py").is_file():
         raise UsageError(f"{spec.submission}: no train_gpt.py to run")
     try:
         spec.out.mkdir(parents=True)
     except FileExistsError:
         raise UsageError(f"{spec.out} already exists; pgolf never overwrites a run (choose --out)") from None
-    track = rules.tracks[spec.track]
     if spec.legacy:
-        return _run_legacy(spec, rules, track)
+        return _run_legacy(spec, rules, rules.tracks[spec.track])
     try:
         train_data = _view(spec, "train", train_shards(spec.dataset))
-        val_paths, sidecars = val_shards(spec.dataset), val_byte_sidecars(spec.dataset)
-        val_data = _view(spec, "val", val_paths + sidecars)
-        tokens = read_tokens(val_paths)
-        sidecar = read_tokens(sidecars) if sidecars else None
+        val_data = _view(spec, "val", val_shards(spec.dataset) + val_byte_sidecars(spec.dataset))
     except (ShardError, OSError) as exc:
         raise UsageError(f"cannot prepare the data views: {exc}") from None
-    code, artifact, scan, before = _stage(spec, rules)
-    code_bytes = counted_bytes(code, scan, compressed=False, rules=rules).total
-
-    findings: list[Finding] = []
-    extra: dict[str, Any] = {"nproc": spec.nproc, "phases": {}}
-    train, got = _phase(spec, "train", train_data, artifact, code, None, spec.train_limit_s)
-    findings += _process_findings("train", train, got, spec.train_limit_s)
-    train_s = _span(got, "train_start", "train_end")
-    findings += _time_findings("train", train_s, track.train_limit_s, "train_time")
-    extra["phases"]["train"] = {"wall_s": train.wall_s, "marked_s": train_s, "returncode": train.returncode,
-                                "isolation": train.isolation}
-    if _fingerprint(code) != before:
-        findings.append(Finding("isolation", FAIL, "isolation.code_modified", "the train phase changed files in the "
-                                "code folder: only PGOLF_ARTIFACT_DIR may carry state to evaluation"))
-    size, total = _artifact_findings(artifact, code_bytes, track.artifact_limit_bytes)
-    findings += size
-    seed_facts: dict[str, Any] = {"artifact_bytes": total, "train_wall_s": train.wall_s, "train_marked_s": train_s}
-
-    if train.returncode == 0 and total:
-        artifact_before = _fingerprint(artifact)
-        for path in [artifact, *artifact.rglob("*")]:
-            path.chmod(0o555 if path.is_dir() else 0o444)
-        ledger = Ledger(tokens, audit_positions(spec.seed, len(tokens)))
-        evaluation, got = _phase(spec, "eval", val_data, artifact, code, ledger, spec.eval_limit_s)
-        findings += _process_findings("eval", evaluation, got, spec.eval_limit_s)
-        eval_s = _span(got, "eval_start", "eval_end")
-        findings += _time_findings("eval", eval_s, track.eval_limit_s, "eval_time")
-        findings += ledger.findings()
-        if _fingerprint(artifact) != artifact_before:
-            findings.append(Finding("isolation", FAIL, "isolation.artifact_modified",
-                                    "the eval phase changed the artifact it was given read-only"))
-        extra["phases"]["eval"] = {"wall_s": evaluation.wall_s, "marked_s": eval_s,
-                                   "returncode": evaluation.returncode, "isolation": evaluation.isolation}
-        seed_facts.update(eval_wall_s=evaluation.wall_s, eval_marked_s=eval_s)
-        if evaluation.returncode == 0:
-            metric, facts = _metric_findings(ledger, tokens, val_data / spec.tokenizer.name, sidecar, got)
-            findings += metric
-            seed_facts.update(facts)
-    else:
-        findings.append(Finding("phase", FAIL, "phase.eval_skipped", "evaluation did not run: training failed or "
-                                "left no artifact"))
-    verdict = Verdict(str(spec.submission), spec.track, None, findings, {spec.seed: seed_facts}, command="run",
-                      extra=extra)
-    write_text_atomic(spec.out / "verdict.json", verdict_json(verdict.to_dict()))
-    return verdict
+    artifact = spec.out / "artifact"
+    train_names = tuple(sorted(p.name for p in train_data.glob("fineweb_*")))
+    val_names = tuple(sorted(p.name for p in val_data.glob("fineweb_*")))
+    hide_from_train = ((spec.dataset, val_names), (val_data, val_names))
+    hide_from_eval = ((spec.dataset, train_names), (train_data, train_names))
+    train_phase(PhaseSpec(spec.out, train_data, artifact, spec.train_limit_s, spec.grace_s, spec.echo,
+                          hide_from_train), spec.submission, spec.seed, spec.nproc, spec.track, rules)
+    eval_phase(PhaseSpec(spec.out, val_data, artifact, spec.eval_limit_s, spec.grace_s, spec.echo,
+                         hide_from_eval), rules)
+    return verify(spec.out, rules)
 
 
 LEGACY_GAPS = {  # what a protocol run guarantees and a --legacy run does not
@@ -303,9 +464,12 @@ def _run_legacy(spec: RunSpec, rules: Rules, track: Track) -> Verdict:
                      + val_byte_sidecars(spec.dataset))
     except (ShardError, OSError) as exc:
         raise UsageError(f"cannot prepare the data view: {exc}") from None
-    code, artifact, scan, before = _stage(spec, rules)
+    code, scan, before = _stage(spec.out, spec.submission, rules)
+    artifact = spec.out / "artifact"
+    artifact.mkdir()
     limit = spec.train_limit_s + spec.eval_limit_s
-    job = run_phase(_torchrun(spec), env=_env(spec, "legacy", data, artifact, None), cwd=code,
+    env = _env(JobSpec(spec.seed, spec.nproc, spec.tokenizer.name), "legacy", data, artifact, None)
+    job = run_phase(_torchrun(spec.nproc), env=env, cwd=code,
                     log_path=spec.out / "legacy.log", limit_s=limit, grace_s=spec.grace_s, network=False,
                     prefix="[legacy] ", echo=spec.echo)
 

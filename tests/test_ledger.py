@@ -211,3 +211,39 @@ def test_short_score_frame_is_a_problem(tmp_path, bad):
         events._frame(b"S", bad)
         events.close()
     assert "not a range + float32s" in server.received.problems[0]
+
+
+def _direct(events):
+    """Feed a ledger directly: (kind, rank, start, end) in send order; returns its finding codes."""
+    ledger = Ledger(TOKENS, [])
+    for t, (kind, rank, lo, hi) in enumerate(events):
+        if kind == "score":
+            ledger.score(lo, np.array([nll_at(p) for p in range(lo, hi)], np.float32), rank, float(t))
+        else:
+            ledger.update(lo, hi, rank, float(t))
+    return {f.code: f.status for f in ledger.findings()}
+
+
+def test_fitting_on_each_window_before_scoring_it_is_slot():
+    windows = [(lo, lo + 100) for lo in range(1, N, 100)]
+    found = _direct([step for lo, hi in windows for step in (("update", 0, lo, hi), ("score", 0, lo, hi))])
+    assert found["ledger.fit_on_scored_window"] == "fail" and "ledger.update_before_score" not in found
+
+
+def test_sliding_window_slot_fitting_on_its_context_is_slot():
+    """Each window fits on its whole context (mostly scored already), then scores its new tail."""
+    tails = [(lo, lo + 100) for lo in range(1, N, 100)]
+    found = _direct([step for lo, hi in tails for step in (("update", 0, max(1, lo - 300), hi), ("score", 0, lo, hi))])
+    assert found["ledger.fit_on_scored_window"] == "fail" and "ledger.update_before_score" not in found
+
+
+def test_training_on_a_chunk_scored_by_both_ranks_is_update_before_score():
+    """Pre-quantization-TTT style: one rank trains on a whole chunk that both ranks then score."""
+    found = _direct([("update", 0, 1, 1001), ("score", 0, 1, 501), ("score", 1, 501, 1001),
+                     ("score", 0, 1001, N)])
+    assert found["ledger.update_before_score"] == "fail" and "ledger.fit_on_scored_window" not in found
+
+
+def test_an_update_partly_scored_is_not_slot():
+    found = _direct([("score", 0, 1, 51), ("update", 0, 1, 101), ("score", 0, 51, N)])
+    assert found["ledger.update_before_score"] == "fail" and "ledger.fit_on_scored_window" not in found

@@ -36,11 +36,14 @@ def test_cli_run_on_the_demo_passes_and_the_harness_bpb_matches(tmp_path):
     verdict = json.loads((tmp_path / "run" / "seed_3" / "verdict.json").read_text())
     codes = {f["code"]: f["status"] for f in verdict["findings"]}
     assert verdict["status"] == "pass" and verdict["command"] == "run"
+    assert verdict["seeds"]["3"]["steps"] == 120  # from the train_end mark
     for code in ("ledger.single_pass", "ledger.score_before_update", "ledger.normalized",
                  "metric.matches_submission", "size.within_limit", "train_time.within_limit"):
         assert codes[code] == "pass", code
-    assert codes["isolation.data_view"] == "info" and codes["isolation.network"] == "pass"
+    assert codes["isolation.network"] == "pass"
     assert codes["isolation.pid_namespace"] in ("pass", "warn")  # warn where unshare is not permitted
+    # the data view is enforced (tmpfs over the hidden folders) exactly where the PID namespace is
+    assert codes["isolation.data_view"] == ("pass" if codes["isolation.pid_namespace"] == "pass" else "info")
     assert "[train] step:1/120 train_loss:" in run.stdout and "[eval] final_tiny_ttt" in run.stdout
     log = (tmp_path / "run" / "seed_3" / "train.log").read_text()
     losses = [float(line.split("train_loss:")[1]) for line in log.splitlines() if "train_loss:" in line]
@@ -54,12 +57,33 @@ def test_cli_run_on_the_demo_passes_and_the_harness_bpb_matches(tmp_path):
     ("skip", "ledger.missing"),
     ("unnormalized", "ledger.unnormalized"),
     ("crash", "phase.crashed"),
+    ("network", "isolation.network_attempt"),
 ])
 def test_broken_eval_variants_fail_specifically(tmp_path, monkeypatch, bug, code):
     monkeypatch.setenv("TINY_BUG", bug)
     monkeypatch.setenv("TINY_STEPS", "5")
     verdict = run_seed(spec(tmp_path), _rules())
     assert verdict.status == "fail" and statuses(verdict)[code] == "fail", statuses(verdict)
+
+
+def test_slot_is_not_reported_as_plain_update_before_score(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINY_BUG", "slot")
+    monkeypatch.setenv("TINY_STEPS", "5")
+    found = statuses(run_seed(spec(tmp_path), _rules()))
+    assert found["ledger.fit_on_scored_window"] == "fail" and "ledger.update_before_score" not in found
+
+
+def test_reading_validation_shards_in_training_is_caught(tmp_path, monkeypatch):
+    """The train job reads the eval view beside its own and the full dataset: both are hidden under
+    tmpfs with tripwires, so the read gets no validation token and the harness names the files."""
+    monkeypatch.setenv("TINY_BUG", "read_val")
+    monkeypatch.setenv("TINY_VAL_DIR", str(DEMO_DATASET))
+    monkeypatch.setenv("TINY_STEPS", "5")
+    verdict = run_seed(spec(tmp_path), _rules())
+    read = next(f for f in verdict.findings if f.code == "isolation.data_read")
+    assert read.status == "fail" and read.data["phase"] == "train"
+    assert {Path(f).parent.name for f in read.data["files"]} == {"val", DEMO_DATASET.name}
+    assert "fineweb_val_000000.bin" in read.message
 
 
 def test_half_written_artifact_stops_the_run(tmp_path, monkeypatch):

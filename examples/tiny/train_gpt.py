@@ -9,6 +9,7 @@ one deliberate violation at a time, so the harness's checks can be shown to fail
 import glob
 import math
 import os
+import socket
 import time
 
 import numpy as np
@@ -72,6 +73,10 @@ def average_gradients(model, world):
 
 def train(events, rank, world, vocab):
     tokens = read_tokens(os.path.join(os.environ["DATA_PATH"], "fineweb_train_*.bin"))
+    if BUG == "read_val":  # peek at validation data while training: the sibling view, and TINY_VAL_DIR
+        for folder in filter(None, [os.path.join(os.environ["DATA_PATH"], "..", "val"), os.environ.get("TINY_VAL_DIR")]):
+            if glob.glob(os.path.join(folder, "fineweb_val_*.bin")):
+                read_tokens(os.path.join(folder, "fineweb_val_*.bin"))
     torch.manual_seed(int(os.environ["SEED"]))
     model = TinyGPT(vocab)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
@@ -88,7 +93,7 @@ def train(events, rank, world, vocab):
         opt.step()
         if rank == 0 and (step % 20 == 0 or step == 1):
             print(f"step:{step}/{STEPS} train_loss:{loss.item():.4f}", flush=True)
-    events.mark("train_end")
+    events.mark("train_end", steps=STEPS)
     if rank == 0:
         final = os.path.join(os.environ["PGOLF_ARTIFACT_DIR"], "model.pt")
         if BUG == "half_artifact":
@@ -126,6 +131,11 @@ def evaluate(events, rank, world, vocab, sp):
     sums = torch.zeros(3, dtype=torch.float64)  # nll, targets, bytes
     chunks = list(range(1, len(val), CHUNK))
     events.mark("eval_start")
+    if BUG == "network":  # phone home, and carry on quietly when refused
+        try:
+            socket.create_connection(("203.0.113.7", 443), timeout=1).close()
+        except OSError:
+            pass
     for c, lo in enumerate(chunks):
         hi = min(lo + CHUNK, len(val))
         windows = [(p, min(p + SEQ, hi)) for p in range(lo, hi, SEQ)][rank::world]
@@ -137,6 +147,8 @@ def evaluate(events, rank, world, vocab, sp):
         with torch.no_grad():
             for p, q in windows * (2 if BUG == "double" and c == 0 else 1):
                 logp = model(torch.from_numpy(val[p - 1:q - 1])[None])[0]
+                if BUG == "slot":
+                    logp = slot_fit(events, logp, val, p, q)
                 nll = -logp.gather(1, torch.from_numpy(val[p:q])[:, None])[:, 0]
                 events.scores(p, nll.numpy())
                 for pos in audit.intersection(range(p, q)):
@@ -159,6 +171,16 @@ def evaluate(events, rank, world, vocab, sp):
     if rank == 0:
         events.result(loss, bpb)
         print(f"final_tiny_ttt val_loss:{loss:.8f} val_bpb:{bpb:.8f}", flush=True)
+
+
+def slot_fit(events, logp, val, p, q):
+    """SLOT-style: one gradient step on a logit bias, fitted to the very targets about to be scored."""
+    events.update(p, q)
+    with torch.enable_grad():
+        delta = torch.zeros(logp.shape[-1], requires_grad=True)
+        loss = F.nll_loss(F.log_softmax(logp + delta, dim=-1), torch.from_numpy(val[p:q]))
+        (grad,) = torch.autograd.grad(loss, delta)
+    return F.log_softmax(logp - 50.0 * grad, dim=-1)
 
 
 def ttt_step(model, opt, val, windows, world, vocab):

@@ -71,9 +71,10 @@ class Events:
     def send(self, message: dict) -> None:
         self._frame(JSON, json.dumps(message).encode("utf-8"))
 
-    def mark(self, name: str) -> None:
-        """train_start, train_end, eval_start or eval_end: the harness stamps the time."""
-        self.send({"type": "mark", "name": name})
+    def mark(self, name: str, steps: int | None = None) -> None:
+        """train_start, train_end, eval_start or eval_end: the harness stamps the time. Give
+        `steps` (optimizer steps taken) with train_end, so the records show them."""
+        self.send({"type": "mark", "name": name, **({} if steps is None else {"steps": int(steps)})})
 
     def scores(self, start: int, nlls) -> None:
         """NLLs (nats) of the targets at validation positions start, start+1, ..."""
