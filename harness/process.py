@@ -81,6 +81,9 @@ def run_phase(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path,
     wanted = {str(folder): names for folder, names in (hide or {}).items()}
     hide = {folder: names for folder, names in wanted.items()
             if Path(folder).is_dir() and not Path(cwd).resolve().is_relative_to(Path(folder).resolve())}
+    in_container, offline = _engine_isolation()
+    counted_here = not network and not net_ns and offline  # the engine gave us no network: count here
+    sent_before = _out_no_routes() if counted_here else 0
     with _InterruptGate() as gate:  # no Ctrl-C between spawn and try, nor during the cleanup
         job = _Job(cmd, env, Path(cwd), Path(log_path), prefix if echo else None, pid_ns, net_ns,
                    hide if pid_ns else {})
@@ -94,10 +97,14 @@ def run_phase(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path,
             gate.close()
             survivors = job.close()
     rc, report = job.returncode, job.report
-    isolation = {"pid_namespace": "enforced" if pid_ns else "observed",
-                 "network": "enabled" if network else "disabled" if net_ns else "observed"}
+    if counted_here:
+        report["net_attempts"] = _out_no_routes() - sent_before
+    isolation = {"pid_namespace": "enforced" if pid_ns or in_container else "observed",
+                 "network": "enabled" if network else "disabled" if net_ns or offline else "observed"}
     if wanted:  # enforced only when every folder asked for was hidden
         isolation["data_view"] = "enforced" if hide == wanted and report.get("hidden") else "observed"
+    elif in_container and os.path.ismount(env.get("DATA_PATH", "/")) and env.get("DATA_PATH") != "/":
+        isolation["data_view"] = "enforced"  # the engine mounted only this phase's view there
     return PhaseProcess(returncode=rc, started=job.started, ended=job.ended,
                         wall_s=job.ended - job.started, timed_out=timed_out,
                         signal=signal.Signals(-rc).name if rc < 0 else None,
@@ -366,6 +373,21 @@ def _bring_loopback_up() -> None:
         fcntl.ioctl(sock, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
 
 
+def _engine_isolation() -> tuple[bool, bool]:
+    """(inside a container's own PID namespace, only loopback present): what a container engine
+    already enforces when this harness runs a phase inside it and cannot make namespaces itself.
+    In the host's PID namespace PID 2 is the kernel's kthreadd; in a container it is not."""
+    try:
+        in_container = Path("/proc/2/comm").read_text().strip() != "kthreadd"
+    except OSError:
+        in_container = True
+    try:
+        offline = sorted(os.listdir("/sys/class/net")) == ["lo"]
+    except OSError:
+        offline = False
+    return in_container, offline
+
+
 def _out_no_routes() -> int:
     """IPv4 + IPv6 packets this network namespace could not route: attempts to leave the host."""
     total = 0
@@ -389,7 +411,8 @@ def _resolve_loopback_locally() -> None:
     except OSError:
         text = ""
     host = socket.gethostname()
-    text += f"\n127.0.0.1 localhost {host}\n::1 localhost ip6-localhost ip6-loopback {host}\n"
+    text += (f"\n127.0.0.1 localhost {host}\n::1 localhost ip6-localhost ip6-loopback {host}\n"
+             f"::ffff:127.0.0.1 {host}\n")  # c10d's dual-stack store sees its peers as IPv4-mapped
     staged = f"/dev/shm/pgolf-hosts-{os.getpid()}"
     try:
         with open(staged, "w") as f:
