@@ -21,8 +21,8 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from harness.atomic import write_text_atomic
 from harness.claims import SeedEvidence, pick_score
 from harness.client.pgolf_events import audit_positions
 from harness.code import CodeScan, counted_bytes, scan_code
+from harness.container import ContainerProcess, engine_findings
 from harness.data.shards import ShardError, read_tokens, train_shards, val_byte_sidecars, val_shards
 from harness.events import EventServer, Received
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding, UsageError
@@ -60,6 +61,9 @@ class RunSpec:
     grace_s: float = 10.0
     echo: bool = True
     legacy: bool = False  # one job that trains and evaluates itself; its scores come from its own log
+    image: str | None = None  # run every job as its own container of this image (harness.container)
+    gpus: int | None = None  # GPUs per container: None all (none on the CPU image)
+    memory: str | None = None  # the container's memory limit, e.g. "8g"
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
@@ -99,22 +103,25 @@ class JobSpec:
     tokenizer: str  # file name of the SentencePiece model inside DATA_PATH
 
 
-def _env(job: JobSpec, phase: str, data: Path, artifact: Path, socket_path: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGOLF_")}
+def _env(job: JobSpec, phase: str, data: PurePosixPath, artifact: PurePosixPath, socket_path: PurePosixPath | None,
+         client: PurePosixPath = CLIENT_DIR, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The job's environment: `base` (the harness's own by default) with the paths as the job sees them."""
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items() if not k.startswith("PGOLF_")}
     env.update({
         "PGOLF_PHASE": phase, "PGOLF_PROTOCOL": "1", "PGOLF_SEED": str(job.seed), "SEED": str(job.seed),
         "DATA_PATH": str(data), "TOKENIZER_PATH": str(data / job.tokenizer),
         "PGOLF_ARTIFACT_DIR": str(artifact), "PGOLF_AUDIT_SEED": str(job.seed), "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(CLIENT_DIR), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(client), base.get("PYTHONPATH")])),
     })
     if socket_path is not None:
         env["PGOLF_EVENTS"] = str(socket_path)
     return env
 
 
-def _torchrun(nproc: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+def _torchrun(nproc: int, python: str = sys.executable, *options: str) -> list[str]:
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *options,
             "train_gpt.py"]
 
 
@@ -124,11 +131,29 @@ def _phase(job: JobSpec, phase: PhaseSpec, name: str, code: Path, ledger: Ledger
         with (phase.out / f"events_{name}.jsonl").open("w", encoding="utf-8") as log:
             server = EventServer(socket_path, log, ledger)
             with server:
-                process = run_phase(_torchrun(job.nproc), env=_env(job, name, phase.data, phase.artifact, socket_path),
-                                    cwd=code, log_path=phase.out / f"{name}.log", limit_s=phase.limit_s,
-                                    grace_s=phase.grace_s, network=False, prefix=f"[{name}] ", echo=phase.echo,
-                                    hide={folder: list(names) for folder, names in phase.hide})
+                if phase.image:
+                    process = _in_container(job, phase, name, code, socket_path)
+                else:
+                    process = run_phase(_torchrun(job.nproc), env=_env(job, name, phase.data, phase.artifact,
+                                                                        socket_path),
+                                        cwd=code, log_path=phase.out / f"{name}.log", limit_s=phase.limit_s,
+                                        grace_s=phase.grace_s, network=False, prefix=f"[{name}] ", echo=phase.echo,
+                                        hide={folder: list(names) for folder, names in phase.hide})
     return process, server.received
+
+
+def _in_container(job: JobSpec, phase: PhaseSpec, name: str, code: Path, socket_path: Path | None) -> PhaseProcess:
+    """The same job as its own container (harness.container), told the paths it sees there;
+    torchrun's --tee labels each line with its rank."""
+    from harness import container
+
+    inside = PurePosixPath(container.EVENTS) / socket_path.name if socket_path else None
+    env = _env(job, name, PurePosixPath(container.data_dir(phase.data)), PurePosixPath(container.ARTIFACT), inside,
+               PurePosixPath(container.CLIENT), container.job_environment(dict(os.environ)))
+    return container.run_job(container.ContainerJob(
+        phase.image, name, _torchrun(job.nproc, "python3", "--tee", "3"), env, code, phase.data, phase.artifact,
+        socket_path.parent if socket_path else None, phase.out / f"{name}.log", phase.limit_s, phase.grace_s,
+        {"run": str(phase.out.parent), "seed": str(job.seed)}, phase.gpus, phase.memory, phase.echo, phase.hide))
 
 
 def _span(received: Received, start: str, end: str) -> float | None:
@@ -165,7 +190,8 @@ def _process_findings(phase: str, p: PhaseProcess, received: Received, limit_s: 
                                f"{state}", data={"phase": phase, "state": state}))
     if p.isolation.get("data_view") == "enforced":
         out.append(Finding("isolation", PASS, "isolation.data_view", f"{phase}: data view enforced: the dataset "
-                           "folder and the other phase's view were hidden from the job (tmpfs over them)",
+                           "folder and the other phase's view were hidden from the job (tmpfs over them, or never mounted in "
+                           "its container)",
                            data={"phase": phase, "state": "enforced"}))
     else:
         out.append(Finding("isolation", INFO, "isolation.data_view",
@@ -181,6 +207,8 @@ def _process_findings(phase: str, p: PhaseProcess, received: Received, limit_s: 
         out.append(Finding("isolation", FAIL if phase == "eval" else WARN, "isolation.network_attempt",
                            f"{phase}: the job tried to reach the network {p.network_attempts} time(s) (refused: no "
                            "network in the phase's namespace)", data={"phase": phase, "count": p.network_attempts}))
+    if isinstance(p, ContainerProcess):
+        out += engine_findings(phase, p)
     return out
 
 
@@ -251,6 +279,9 @@ class PhaseSpec:
     grace_s: float = 10.0
     echo: bool = True
     hide: tuple[tuple[Path, tuple[str, ...]], ...] = ()  # folders the job must not read, with their file names
+    image: str | None = None  # as in RunSpec: the job runs as a container of this image
+    gpus: int | None = None
+    memory: str | None = None
 
 
 def _tokenizer_in(data: Path) -> Path:
@@ -286,7 +317,10 @@ def _finding(d: dict[str, Any]) -> Finding:
 
 
 def _process_facts(p: PhaseProcess, marked_s: float | None) -> dict[str, Any]:
-    return {"wall_s": p.wall_s, "marked_s": marked_s, "returncode": p.returncode, "isolation": p.isolation}
+    facts = {"wall_s": p.wall_s, "marked_s": marked_s, "returncode": p.returncode, "isolation": p.isolation}
+    if isinstance(p, ContainerProcess):
+        facts["container"] = p.engine  # the engine's clocks, image and inspected configuration
+    return facts
 
 
 def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track: str, rules: Rules) -> dict[str, Any]:
@@ -316,18 +350,18 @@ def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track
         findings.append(Finding("isolation", FAIL, "isolation.code_modified", "the train phase changed files in the "
                                 "code folder: only PGOLF_ARTIFACT_DIR may carry state to evaluation"))
     record = {"phase": "train", "seed": seed, "nproc": nproc, "track": track, "submission": str(submission),
-              "artifact": str(phase.artifact.resolve()), "tokenizer": tokenizer.name, "limit_s": phase.limit_s,
+              "artifact": _portable(phase.artifact, phase.out), "tokenizer": tokenizer.name, "limit_s": phase.limit_s,
               "steps": max(got.steps.values(), default=None),
               "process": _process_facts(process, marked), "findings": [f.to_dict() for f in findings]}
     _write_record(phase.out, "train", record)
     return record
 
 
-def phase_succeeded(record: dict[str, Any]) -> bool:
+def phase_succeeded(record: dict[str, Any], out: Path) -> bool:
     """The job exited 0 (and, for train, left at least one artifact file)."""
     if record["process"]["returncode"] != 0:
         return False
-    return record["phase"] != "train" or any(p.is_file() for p in Path(record["artifact"]).rglob("*"))
+    return record["phase"] != "train" or any(p.is_file() for p in (out / record["artifact"]).rglob("*"))
 
 
 def eval_phase(phase: PhaseSpec, rules: Rules) -> dict[str, Any]:
@@ -341,7 +375,7 @@ def eval_phase(phase: PhaseSpec, rules: Rules) -> dict[str, Any]:
         raise UsageError(f"{phase.data}: holds training shards; the eval phase's DATA_PATH must hold only "
                          "validation shards and the tokenizer")
     tokenizer = _tokenizer_in(phase.data)
-    if not phase_succeeded(train):
+    if not phase_succeeded(train, phase.out):
         record = {"phase": "eval", "skipped": True, "findings": [Finding(
             "phase", FAIL, "phase.eval_skipped", "evaluation did not run: training failed or left no "
             "artifact").to_dict()]}
@@ -389,7 +423,7 @@ def verify(out: Path, rules: Rules) -> Verdict:
     code = out / "code"
     code_bytes = counted_bytes(code, scan_code(code, rules), compressed=False, rules=rules).total
     findings = [_finding(f) for f in train["findings"]]
-    size, total = _artifact_findings(Path(train["artifact"]), code_bytes, track.artifact_limit_bytes)
+    size, total = _artifact_findings(artifact_of(out), code_bytes, track.artifact_limit_bytes)
     findings += size
     facts: dict[str, Any] = {"artifact_bytes": total, "train_wall_s": train["process"]["wall_s"],
                              "train_marked_s": train["process"]["marked_s"], "steps": train.get("steps")}
@@ -409,16 +443,28 @@ def verify(out: Path, rules: Rules) -> Verdict:
     return verdict
 
 
+def _portable(artifact: Path, out: Path) -> str:
+    """The artifact's path relative to the seed folder when inside it, so the record stays true when the
+    folder is read from another mount (a container's /runs on the host)."""
+    artifact, out = artifact.resolve(), out.resolve()
+    return artifact.relative_to(out).as_posix() if artifact.is_relative_to(out) else str(artifact)
+
+
 def artifact_of(out: Path) -> Path:
     """Where the seed's train phase left its artifact (the seed folder's artifact/ unless told otherwise)."""
     train = _read_record(out, "train")
-    return Path(train["artifact"]) if train else out / "artifact"
+    return out / train["artifact"] if train else out / "artifact"
 
 
 def run_seed(spec: RunSpec, rules: Rules) -> Verdict:
-    """Train, then evaluate, one seed natively; never raises for what the submission does."""
+    """Train, then evaluate, one seed (natively, or each phase as its own container); never raises for what
+    the submission does."""
     if not (spec.submission / "train_gpt.py").is_file():
         raise UsageError(f"{spec.submission}: no train_gpt.py to run")
+    if spec.image:  # the engine answers and the image exists; every phase runs this very image
+        from harness.container import prepare
+
+        spec = replace(spec, image=prepare(spec.image, spec.gpus, spec.echo))
     try:
         spec.out.mkdir(parents=True)
     except FileExistsError:
@@ -435,10 +481,11 @@ def run_seed(spec: RunSpec, rules: Rules) -> Verdict:
     val_names = tuple(sorted(p.name for p in val_data.glob("fineweb_*")))
     hide_from_train = ((spec.dataset, val_names), (val_data, val_names))
     hide_from_eval = ((spec.dataset, train_names), (train_data, train_names))
+    engine = {"image": spec.image, "gpus": spec.gpus, "memory": spec.memory}
     train_phase(PhaseSpec(spec.out, train_data, artifact, spec.train_limit_s, spec.grace_s, spec.echo,
-                          hide_from_train), spec.submission, spec.seed, spec.nproc, spec.track, rules)
+                          hide_from_train, **engine), spec.submission, spec.seed, spec.nproc, spec.track, rules)
     eval_phase(PhaseSpec(spec.out, val_data, artifact, spec.eval_limit_s, spec.grace_s, spec.echo,
-                         hide_from_eval), rules)
+                         hide_from_eval, **engine), rules)
     return verify(spec.out, rules)
 
 
@@ -468,10 +515,15 @@ def _run_legacy(spec: RunSpec, rules: Rules, track: Track) -> Verdict:
     artifact = spec.out / "artifact"
     artifact.mkdir()
     limit = spec.train_limit_s + spec.eval_limit_s
-    env = _env(JobSpec(spec.seed, spec.nproc, spec.tokenizer.name), "legacy", data, artifact, None)
-    job = run_phase(_torchrun(spec.nproc), env=env, cwd=code,
-                    log_path=spec.out / "legacy.log", limit_s=limit, grace_s=spec.grace_s, network=False,
-                    prefix="[legacy] ", echo=spec.echo)
+    job_spec = JobSpec(spec.seed, spec.nproc, spec.tokenizer.name)
+    if spec.image:
+        job = _in_container(job_spec, PhaseSpec(spec.out, data, artifact, limit, spec.grace_s, spec.echo,
+                                                 image=spec.image, gpus=spec.gpus, memory=spec.memory),
+                            "legacy", code, None)
+    else:
+        job = run_phase(_torchrun(spec.nproc), env=_env(job_spec, "legacy", data, artifact, None), cwd=code,
+                        log_path=spec.out / "legacy.log", limit_s=limit, grace_s=spec.grace_s, network=False,
+                        prefix="[legacy] ", echo=spec.echo)
 
     findings = [Finding("guarantees", WARN, f"guarantees.{name}", text) for name, text in LEGACY_GAPS.items()]
     findings += _process_findings("legacy", job, Received(), limit)
@@ -506,8 +558,7 @@ def _run_legacy(spec: RunSpec, rules: Rules, track: Track) -> Verdict:
                             f"PGOLF_ARTIFACT_DIR or its working directory ({sum(written.values()):,} bytes: "
                             f"{', '.join(written) or 'none'}); the artifact bytes above come from its log",
                             data={"files": written}))
-    extra = {"legacy": True, "nproc": spec.nproc, "phases": {"legacy": {
-        "wall_s": job.wall_s, "returncode": job.returncode, "isolation": job.isolation}}}
+    extra = {"legacy": True, "nproc": spec.nproc, "phases": {"legacy": _process_facts(job, None)}}
     verdict = Verdict(str(spec.submission), spec.track, None, findings, {spec.seed: facts}, command="run", extra=extra)
     write_text_atomic(spec.out / "verdict.json", verdict_json(verdict.to_dict()))
     return verdict

@@ -125,6 +125,13 @@ def evaluate(events, rank, world, vocab, sp):
     val = read_tokens(os.path.join(os.environ["DATA_PATH"], "fineweb_val_*.bin"))
     model = TinyGPT(vocab)
     model.load_state_dict(torch.load(os.path.join(os.environ["PGOLF_ARTIFACT_DIR"], "model.pt")))
+    if BUG == "read_train":  # peek at training data while evaluating: the sibling view, and TINY_TRAIN_DIR
+        for folder in filter(None, [os.path.join(os.environ["DATA_PATH"], "..", "train"), os.environ.get("TINY_TRAIN_DIR")]):
+            if glob.glob(os.path.join(folder, "fineweb_train_*.bin")):
+                read_tokens(os.path.join(folder, "fineweb_train_*.bin"))
+    if BUG == "write_artifact" and rank == 0:  # change the artifact it was given read-only
+        with open(os.path.join(os.environ["PGOLF_ARTIFACT_DIR"], "model.pt"), "ab") as f:
+            f.write(b"tampered")
     opt = torch.optim.SGD(model.parameters(), lr=TTT_LR, momentum=0.9)
     audit = set(audit_positions(int(os.environ.get("PGOLF_AUDIT_SEED", 0)), len(val)))
     base, space, boundary = byte_table(sp, vocab)
