@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,10 +52,29 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+DEFAULT_IMAGE = "pgolf:cpu"  # tools/build-image cpu: the demo image, like run's other defaults
+
+
+def _engine(args: argparse.Namespace) -> dict:
+    """RunSpec's container fields from --container/--image/--gpus/--memory."""
+    if not args.container:
+        given = [flag for flag, value in (("--image", args.image), ("--gpus", args.gpus), ("--memory", args.memory))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with --container")
+        return {}
+    if args.gpus is not None and args.gpus < 0:
+        raise UsageError("--gpus must be 0 or more")
+    if args.memory is not None and not re.fullmatch(r"[1-9][0-9]*[bkmg]?", args.memory.lower()):
+        raise UsageError(f"--memory {args.memory}: expected bytes with an optional unit, e.g. 8g or 512m")
+    return {"image": args.image or DEFAULT_IMAGE, "gpus": args.gpus, "memory": args.memory}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.run import RunSpec, run_seed  # imports numpy and the event server: only runs need them
 
     rules = load_rules(args.rules)
+    engine = _engine(args)
     if args.track not in rules.tracks:
         raise UsageError(f"unknown track '{args.track}'; known: {', '.join(rules.tracks)}")
     for path, what in ((args.submission, "submission folder"), (args.data, "dataset folder")):
@@ -71,13 +91,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = RunSpec(args.submission.resolve(), args.data.resolve(), args.tokenizer.resolve(), seed, args.nproc,
                        out.resolve() / f"seed_{seed}", args.track, args.train_limit or limits["train_s"],
                        args.eval_limit or limits["eval_s"], limits["grace_s"], echo=not args.quiet,
-                       legacy=args.legacy)
-        verdict = run_seed(spec, rules).to_dict()
+                       legacy=args.legacy, **engine)
+        try:
+            verdict = run_seed(spec, rules).to_dict()
+        except KeyboardInterrupt:
+            print(f"pgolf: interrupted; the running phase was stopped{' and its container removed' if engine else ''}"
+                  f", {spec.out} is unfinished", file=sys.stderr)
+            return 130
         if not args.quiet:
             render_terminal(verdict, sys.stdout, verbose=args.verbose)
             print(f"  run folder: {spec.out}")
         worst = max(worst, EXIT[verdict["status"]])
     return worst
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from harness.container import clean
+
+    removed, in_use = clean()
+    if not args.quiet:
+        print(f"removed {len(removed)} container(s) left by killed pgolf runs{': ' + ', '.join(removed) if removed else ''}")
+        if in_use:
+            print(f"kept {len(in_use)} container(s) of pgolf runs still going: {', '.join(in_use)}")
+    return 0
 
 
 def _limit(args: argparse.Namespace, rules, phase: str) -> float:
@@ -99,7 +135,7 @@ def cmd_phase_train(args: argparse.Namespace) -> int:
     phase = PhaseSpec(out, args.data.resolve(), (args.artifact or out / "artifact").resolve(),
                       _limit(args, rules, "train"), rules.hard_limits["grace_s"], echo=not args.quiet)
     record = train_phase(phase, args.submission.resolve(), args.seed, args.nproc, args.track, rules)
-    return 0 if phase_succeeded(record) else 1
+    return 0 if phase_succeeded(record, out) else 1
 
 
 def cmd_phase_eval(args: argparse.Namespace) -> int:
@@ -112,7 +148,7 @@ def cmd_phase_eval(args: argparse.Namespace) -> int:
     phase = PhaseSpec(out, args.data.resolve(), (args.artifact or artifact_of(out)).resolve(),
                       _limit(args, rules, "eval"), rules.hard_limits["grace_s"], echo=not args.quiet)
     record = eval_phase(phase, rules)
-    return 0 if not record["skipped"] and phase_succeeded(record) else 1
+    return 0 if not record["skipped"] and phase_succeeded(record, out) else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -126,6 +162,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT[verdict["status"]]
 
 
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from harness.rerun import RerunRequest, rerun
+    from harness.rerun_report import render_markdown as rerun_markdown
+
+    out = (args.out or REPO / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}_rerun_{args.folder.resolve().name}").resolve()
+    request = RerunRequest(args.folder, out, args.data.resolve(), args.tokenizer.resolve(),
+                           seeds=_seeds(args.seeds) if args.seeds else None, nproc=args.nproc, track=args.track,
+                           legacy=args.legacy, resume=args.resume, merge=tuple(args.merge or ()),
+                           against=args.against, train_limit_s=args.train_limit, eval_limit_s=args.eval_limit,
+                           echo=not args.quiet, engine=_engine(args))
+    try:
+        verdict = rerun(request, load_rules(args.rules)).to_dict()
+    except KeyboardInterrupt:
+        print(f"pgolf: interrupted; add --resume (same options, --out {out}) to continue at the first unfinished seed",
+              file=sys.stderr)
+        return 130
+    if args.markdown:
+        write_text_atomic(args.markdown, rerun_markdown(verdict))
+    if not args.quiet:
+        render_terminal(verdict, sys.stdout, verbose=args.verbose)
+        print(f"  rerun folder: {out} (verdict.json, report.md, report.html)")
+    return EXIT[verdict["status"]]
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.export import export_run
 
@@ -133,6 +193,30 @@ def cmd_export(args: argparse.Namespace) -> int:
                         github_id=args.github_id, date=args.date, force=args.force)
     if not args.quiet:
         print(f"records folder: {folder}\n  next: fill in the TODOs of its README.md, then pgolf check {folder}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from harness.doctor import diagnose, render  # imports torch: only this command needs it
+
+    findings = diagnose(load_rules(args.rules), args.track, args.only.split(",") if args.only else None)
+    failed = any(f.status == "fail" for f in findings)
+    if args.json:
+        print(json.dumps({"track": args.track, "status": "fail" if failed else "pass",
+                          "findings": [f.to_dict() for f in findings]}, indent=2))
+    else:
+        print(render(findings, args.track, partial=bool(args.only)), end="")
+    return 1 if failed else 0
+
+
+def cmd_data_views(args: argparse.Namespace) -> int:
+    from harness.data.views import make_views
+
+    if not args.root.is_dir():
+        raise UsageError(f"{args.root}: no such data folder")
+    views = make_views(args.root, args.dataset, args.tokenizer)
+    if not args.quiet:
+        print(f"train view {views.train}\nval view   {views.val}")
     return 0
 
 
@@ -187,6 +271,14 @@ def _parser() -> argparse.ArgumentParser:
     quiet.add_argument("-q", "--quiet", action="store_true", help="print nothing; rely on the exit code and files")
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", help="also list passes inside failing groups")
+    container = argparse.ArgumentParser(add_help=False)
+    container.add_argument("--container", action="store_true", help="run every phase of every seed as its own "
+                           "container of the pgolf image, through the Docker engine")
+    container.add_argument("--image", help=f"with --container: the image (default: {DEFAULT_IMAGE}; pgolf:cuda for GPUs)")
+    container.add_argument("--gpus", type=int, metavar="N", help="with --container: GPUs per container (default: all; "
+                           "none on the CPU image)")
+    container.add_argument("--memory", metavar="BYTES", help="with --container: memory limit per container, e.g. 64g "
+                           "(default: none); past it the kernel kills the phase and the verdict says so")
 
     check = commands.add_parser("check", parents=[rules, verbose, quiet], help="judge a submission folder before its PR is opened",
                                 description="Judge a records/<track>/YYYY-MM-DD_Name/ folder: files, "
@@ -203,12 +295,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary for a CI step")
     check.set_defaults(handler=cmd_check)
 
-    run = commands.add_parser("run", parents=[rules, verbose, quiet], help="one seeded run as isolated, timed train and eval phases",
+    run = commands.add_parser("run", parents=[rules, verbose, quiet, container], help="one seeded run as isolated, timed train and eval phases",
                               description="Run a submission's train phase (training shards only, must leave an "
                               "artifact) and eval phase (artifact + validation shards, no network) under torchrun; "
                               "the harness measures the clocks, counts the artifact bytes, computes val_bpb itself "
                               "and audits the score-first ledger. Defaults: the tiny example on the embedded demo data.")
-    run.add_argument("--submission", type=Path, default=REPO / "examples/tiny", help="folder with train_gpt.py")
+    run.add_argument("--submission", type=Path, default=REPO / "examples/tiny",
+                     help="folder with train_gpt.py (default: the tiny example; the reference submission is "
+                          "submission/, its cpu-tiny preset on a machine without CUDA)")
     run.add_argument("--seeds", default="1", help="comma-separated seeds, one run each (default: 1)")
     run.add_argument("--nproc", type=int, default=2, help="ranks per phase (torchrun --nproc_per_node)")
     run.add_argument("--data", type=Path, default=DEMO_DATASET, help="folder with fineweb_{train,val}_*.bin")
@@ -222,6 +316,12 @@ def _parser() -> argparse.ArgumentParser:
                           "network, DATA_PATH with both splits) and read its scores from its log; the verdict "
                           "lists the guarantees this leaves unenforced")
     run.set_defaults(handler=cmd_run)
+
+    clean = commands.add_parser("clean", parents=[quiet], help="remove containers that killed pgolf runs left behind",
+                                description="Remove every container labelled by pgolf whose harness process is gone "
+                                "(a `pgolf run --container` that was killed); containers of runs still going are kept. "
+                                "`pgolf run --container` does the same before it starts.")
+    clean.set_defaults(handler=cmd_clean)
 
     phase = commands.add_parser("phase", help="run one phase of one seed (what each container of a run does)",
                                 description="Run the train or the eval phase of one seed by itself, as `pgolf run` "
@@ -254,6 +354,36 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("out", type=Path, metavar="SEEDDIR", help="the seed's folder")
     verify.set_defaults(handler=cmd_verify)
 
+    rerun = commands.add_parser("rerun", parents=[rules, verbose, quiet, container], help="reproduce a submission's claimed seeds "
+                                "and judge its claims", description="Run each seed a submission folder claims again "
+                                "(phases, or one job with --legacy) into RUNDIR/seed_<s>/, and compare per seed: "
+                                "val_bpb (difference, and in claimed standard deviations), artifact bytes, train and "
+                                "eval times, steps; then the mean difference with its confidence interval, a Welch "
+                                "test claimed vs reproduced and, with --against, the significance policies. Tolerances "
+                                "come from rules.yaml (reproduction). Writes RUNDIR/verdict.json, report.md and a "
+                                "self-contained report.html. Exit 0 reproduced (pass or warn), 1 not, 2 usage.")
+    rerun.add_argument("folder", type=Path, help="the submission folder (submission.json and its seed logs)")
+    rerun.add_argument("--seeds", help="comma-separated subset of the claimed seeds (default: all of them)")
+    rerun.add_argument("--nproc", type=int, help="ranks per job (default: the world size the seed logs show, else "
+                       "the track's GPU count, else 1)")
+    rerun.add_argument("--data", type=Path, default=DEMO_DATASET, help="folder with fineweb_{train,val}_*.bin")
+    rerun.add_argument("--tokenizer", type=Path, default=DEMO_TOKENIZER, help="SentencePiece model file")
+    rerun.add_argument("--track", help="judge against this track instead of the one the folder sits in")
+    rerun.add_argument("--legacy", action="store_true", help="the script does not speak the protocol: run each seed as "
+                       "one job, as `pgolf run --legacy` does")
+    rerun.add_argument("--out", type=Path, metavar="RUNDIR", help="rerun folder (default: runs/<time>_rerun_<folder>)")
+    rerun.add_argument("--resume", action="store_true", help="continue the rerun in RUNDIR: finished seeds are kept, "
+                       "an unfinished seed folder is set aside as seed_<s>.incomplete-<n> and run again")
+    rerun.add_argument("--merge", type=Path, nargs="+", metavar="DIR", help="run nothing: judge the finished "
+                       "seed_<s>/ folders that separate jobs wrote into these folders (one job per seed)")
+    rerun.add_argument("--against", metavar="DIR|BPB,BPB,...", help="the frontier: do the reproduced seeds still "
+                       "clear the significance policies against it?")
+    rerun.add_argument("--markdown", type=Path, metavar="FILE", help="also write report.md here (e.g. "
+                       "$GITHUB_STEP_SUMMARY)")
+    rerun.add_argument("--train-limit", type=float, help="hard limit of the train phase in s (default: rules.yaml)")
+    rerun.add_argument("--eval-limit", type=float, help="hard limit of the eval phase in s (default: rules.yaml)")
+    rerun.set_defaults(handler=cmd_rerun)
+
     export = commands.add_parser("export", parents=[rules, quiet], help="turn a finished run into a PR-ready records folder",
                                  description="Write DEST/YYYY-MM-DD_NAME/ from a `pgolf run` folder: its code, a "
                                  "train_seed{S}.log per seed with the harness's measured numbers in lines pgolf check "
@@ -267,6 +397,17 @@ def _parser() -> argparse.ArgumentParser:
                         "folder's name sets the track")
     export.add_argument("--force", action="store_true", help="export even when the run's verdict is FAIL")
     export.set_defaults(handler=cmd_export)
+
+    doctor = commands.add_parser("doctor", parents=[rules], help="what this machine has for a record-track run",
+                                 description="Print the GPUs, driver, CUDA, torch, FlashAttention-3, NCCL, shared "
+                                 "memory, locked-memory limit and compiler this machine (or container) offers, run "
+                                 "one FA3 call against PyTorch SDPA when a GPU is present, and list what is missing "
+                                 "for a record-track run. Exit 0 when nothing is, 1 otherwise.")
+    doctor.add_argument("--track", default="track_10min_16mb", help="the track whose hardware is wanted")
+    doctor.add_argument("--only", metavar="CHECK,...", help="run only these checks (python, torch, driver, gpu, "
+                        "nccl, fa3, shm, memlock, compiler, image)")
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.set_defaults(handler=cmd_doctor)
 
     data = commands.add_parser("data", help="challenge data: the embedded demo, download, verification")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -298,6 +439,15 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=cmd_data_verify)
 
+    views = data_commands.add_parser("views", help="per-phase views of a dataset for container mounts",
+                                     description="Make ROOT/.pgolf/DATASET/train (training shards + tokenizer) and "
+                                     ".../val (validation shards + tokenizer) as hard links, synced in place, so a "
+                                     "container engine can mount each phase's data read-only.")
+    views.add_argument("root", type=Path, help="the data folder holding datasets/ and tokenizers/")
+    views.add_argument("--dataset", required=True, help="folder name under ROOT/datasets/")
+    views.add_argument("--tokenizer", required=True, help="file name under ROOT/tokenizers/")
+    views.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    views.set_defaults(handler=cmd_data_views)
     return parser
 
 

@@ -12,8 +12,8 @@ from typing import Any, TextIO
 from harness.findings import FAIL, INFO, PASS, WARN
 from harness.validation import errors
 
-_ORDER = ["files", "json", "logs", "claims", "size", "train_time", "eval_time", "hardware", "data",
-          "significance", "lint"]
+_ORDER = ["rerun", "files", "json", "logs", "claims", "size", "train_time", "eval_time", "steps", "hardware", "data",
+          "statistics", "significance", "lint"]
 _MARK = {PASS: "PASS", INFO: "INFO", WARN: "WARN", FAIL: "FAIL"}
 _COLOR = {PASS: "32", INFO: "36", WARN: "33", FAIL: "31"}
 
@@ -48,9 +48,11 @@ def render_terminal(verdict: dict[str, Any], out: TextIO = sys.stdout, verbose: 
               f"{counts['warn']} warn, {counts['pass']} pass, {counts['info']} info\n")
 
 
+ICON = {PASS: "✅", INFO: "ℹ️", WARN: "⚠️", FAIL: "❌"}
+
+
 def render_markdown(verdict: dict[str, Any]) -> str:
-    icon = {PASS: "✅", INFO: "ℹ️", WARN: "⚠️", FAIL: "❌"}
-    lines = [f"## pgolf {verdict['command']}: {icon[verdict['status']]} {verdict['status'].upper()}", "",
+    lines = [f"## pgolf {verdict['command']}: {ICON[verdict['status']]} {verdict['status'].upper()}", "",
              f"`{verdict['target']}` · track `{verdict['track']}` · profile `{verdict['profile']}`", ""]
     if verdict["seeds"]:
         lines += ["| seed | val_bpb | train ms | steps | model bytes | log |", "|---|---|---|---|---|---|"]
@@ -58,12 +60,17 @@ def render_markdown(verdict: dict[str, Any]) -> str:
             lines.append(f"| {seed} | {s['val_bpb']} | {s['train_time_ms']} | {s['steps']} | "
                          f"{s['model_bytes']} | `{s['log']}` |")
         lines.append("")
-    lines += ["| status | check | finding | evidence |", "|---|---|---|---|"]
-    for f in sorted(verdict["findings"], key=lambda f: -_RANK.index(f["status"])):
+    return "\n".join(lines + markdown_findings(verdict["findings"])) + "\n"
+
+
+def markdown_findings(findings: list[dict[str, Any]]) -> list[str]:
+    """The findings as Markdown table lines, worst first (every command's summary ends with them)."""
+    lines = ["| status | check | finding | evidence |", "|---|---|---|---|"]
+    for f in sorted(findings, key=lambda f: -_RANK.index(f["status"])):
         ev = "; ".join(_where(e) for e in f["evidence"][:2])
         message = f["message"].replace("|", "\\|")
-        lines.append(f"| {icon[f['status']]} {f['status']} | {f['check']} | {message} | {ev} |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {ICON[f['status']]} {f['status']} | {f['check']} | {message} | {ev} |")
+    return lines
 
 
 def verdict_json(verdict: dict[str, Any]) -> str:

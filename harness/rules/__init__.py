@@ -50,6 +50,11 @@ class Rules:
         return self.raw["tolerances"]
 
     @property
+    def reproduction(self) -> dict[str, float]:
+        """How close `pgolf rerun` must come to each claim."""
+        return self.raw["reproduction"]
+
+    @property
     def policies(self) -> dict[str, dict[str, Any]]:
         return self.raw["significance"]["policies"]
 
