@@ -1154,6 +1154,7 @@ def main() -> None:
         run_eval(cfg, ctx, sp, backend, artifact, events)
     events.close()
     if ctx.world > 1:
+        ctx.barrier()  # no rank tears gloo down while another still talks to it (seen: abort at exit)
         dist.destroy_process_group()
 
 
