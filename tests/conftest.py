@@ -1,6 +1,7 @@
 """Shared test helpers: real record folders copied to a temp dir, mutated per test."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -57,3 +58,10 @@ def edit(path: Path, old: str, new: str, count: int = 1) -> None:
     text = path.read_text("utf-8")
     assert old in text, f"{old!r} not in {path}"
     path.write_text(text.replace(old, new, count), "utf-8")
+
+
+def run_failures(run: Path) -> str:
+    """Why a `pgolf run -q` failed: every failing finding of every seed verdict it wrote (quiet runs print nothing)."""
+    lines = [f"{verdict.parent.name}: {f['code']}: {f['message']}" for verdict in sorted(run.glob("seed_*/verdict.json"))
+             for f in json.loads(verdict.read_text())["findings"] if f["status"] == "fail"]
+    return "\n".join(lines) or f"no failing finding in {run}"

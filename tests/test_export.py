@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import harness.export
+from conftest import run_failures
 from harness.cli import REPO
 from harness.export import CLIENT, export_run
 from harness.rules import load_rules
@@ -25,7 +26,7 @@ def run(tmp_path_factory) -> Path:
     """One passing two-seed run of examples/tiny, shared by the tests."""
     out = tmp_path_factory.mktemp("export") / "run"
     done = pgolf("run", "--out", out, "--seeds", "1,2", "-q", env={"TINY_STEPS": "10"})
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.returncode == 0, run_failures(out) + done.stderr[-2000:]
     return out
 
 

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from scipy import stats
 
+from conftest import run_failures
 from harness.cli import REPO
 from harness.rerun import finished_seed, loss_curve
 from harness.rules import load_rules
@@ -42,7 +43,7 @@ def claimed(tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, records folder): a passing two-seed run of examples/tiny and its `pgolf export`."""
     root = tmp_path_factory.mktemp("rerun")
     done = pgolf("run", "--out", root / "run", "--seeds", "1,2", "-q", env=TINY)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.returncode == 0, run_failures(root / "run") + done.stderr[-2000:]
     dest = root / "records" / "track_10min_16mb"
     done = pgolf("export", root / "run", "--name", "Tiny", "--date", "2026-05-01", "--dest", dest, "-q")
     assert done.returncode == 0, done.stderr

@@ -17,6 +17,7 @@ import subprocess
 import pytest
 from test_rerun import TINY, perturb, pgolf
 
+from conftest import run_failures
 from harness.cli import REPO
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,7 +54,7 @@ def rerun(tmp_path_factory):
     """A rerun folder: the report of a one-rank, two-seed tiny run merged against its perturbed export."""
     root = tmp_path_factory.mktemp("report")
     done = pgolf("run", "--out", root / "run", "--seeds", "1,2", "--nproc", "1", "-q", env=TINY)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.returncode == 0, run_failures(root / "run") + done.stderr[-2000:]
     dest = root / "records" / "track_10min_16mb"
     done = pgolf("export", root / "run", "--name", "TinyOff", "--date", "2026-05-02", "--dest", dest, "-q")
     assert done.returncode == 0, done.stderr

@@ -212,6 +212,7 @@ def main():
     else:
         evaluate(events, rank, world, vocab, sp)
     events.close()
+    dist.barrier()  # no rank tears gloo down while another still talks to it (an abort at exit, seen in CI)
     dist.destroy_process_group()
 
 
