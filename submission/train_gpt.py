@@ -506,59 +506,66 @@ def maybe_compile(fn, cfg: Config, ctx: Dist):
 
 
 def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
-    """Approximate orthogonalization U·V^T of g by a quintic Newton-Schulz iteration in bf16."""
+    """Approximate orthogonalization U·V^T of each matrix in g (..., rows, cols) by a quintic Newton-Schulz
+    iteration in bf16; a stack of equal-shaped matrices goes through as one batched product per step."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.bfloat16()
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
-    x = x / (x.norm() + 1e-7)
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
-        s = x @ x.T
+        s = x @ x.mT
         x = a * x + (b * s + c * s @ s) @ x
-    return x.T if tall else x
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Optimizer):
     """MuonEq-R: Nesterov momentum, each row of the update normalised, then orthogonalised.
 
-    With several ranks each one orthogonalises every world-th matrix and one all-reduce shares the
-    updates, so the Newton-Schulz work is split instead of repeated.
+    Matrices of one shape are stacked and orthogonalised together: a few large batched products
+    instead of dozens of small launches per step. With several ranks each one takes every world-th
+    matrix (in shape order) and one all-reduce shares the updates, so the work is split, not repeated.
     """
 
     def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int, ctx: Dist,
                  orthogonalize=newton_schulz):
         super().__init__(list(params), dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
         self.ctx, self.orthogonalize = ctx, orthogonalize
-        sizes = [p.numel() for p in self.param_groups[0]["params"]]
+        params = self.param_groups[0]["params"]
+        sizes = [p.numel() for p in params]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         self.shared = torch.zeros(self.offsets[-1], dtype=torch.bfloat16, device=ctx.device) if ctx.world > 1 else None
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(params):
+            by_shape.setdefault(tuple(p.shape), []).append(i)
+        mine = set([i for members in by_shape.values() for i in members][ctx.rank::ctx.world])
+        stacks = ([i for i in members if i in mine] for members in by_shape.values())
+        self.stacks = [s for s in stacks if s]
+        self.momenta = [torch.zeros(len(s), *params[s[0]].shape, dtype=params[s[0]].dtype, device=params[s[0]].device)
+                        for s in self.stacks]
 
     @torch.no_grad()
     def step(self) -> None:
         group = self.param_groups[0]
-        lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
-        rank, world = self.ctx.rank, self.ctx.world
+        params, lr, mom, wd = group["params"], group["lr"], group["momentum"], group["weight_decay"]
         own: dict[int, torch.Tensor] = {}
+        for stack, buf in zip(self.stacks, self.momenta):
+            grad = torch.stack([params[i].grad for i in stack])
+            buf.mul_(mom).add_(grad)
+            g = grad.add_(buf, alpha=mom)
+            g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-7)
+            update = self.orthogonalize(g, group["ns_steps"]) * max(1.0, g.size(-2) / g.size(-1)) ** 0.5
+            own.update(zip(stack, update.to(buf.dtype)))
         if self.shared is not None:
             self.shared.zero_()
-        for i, p in enumerate(group["params"]):
-            if i % world != rank:
-                continue
-            buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
-            buf.mul_(mom).add_(p.grad)
-            g = p.grad.add(buf, alpha=mom)
-            g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-7)
-            update = self.orthogonalize(g, group["ns_steps"]) * max(1.0, g.size(0) / g.size(1)) ** 0.5
-            if self.shared is None:
-                own[i] = update
-            else:
-                self.shared[self.offsets[i]:self.offsets[i + 1]].copy_(update.flatten())
-        if self.shared is not None:
+            for i, u in own.items():
+                self.shared[self.offsets[i]:self.offsets[i + 1]].copy_(u.flatten())
             self.ctx.all_reduce(self.shared)
-        for i, p in enumerate(group["params"]):
-            update = own[i] if self.shared is None else self.shared[self.offsets[i]:self.offsets[i + 1]].view_as(p)
-            p.mul_(1 - lr * wd).add_(update.to(p.dtype), alpha=-lr)
+            flat = self.shared.to(params[0].dtype)
+            own = {i: flat[self.offsets[i]:self.offsets[i + 1]].view_as(p) for i, p in enumerate(params)}
+        torch._foreach_mul_(params, 1 - lr * wd)
+        torch._foreach_add_(params, [own[i] for i in range(len(params))], alpha=-lr)
 
 
 class Optimizers:
@@ -698,8 +705,9 @@ def holdout_loss(model: GPT, tokens: np.ndarray, cfg: Config, ctx: Dist) -> floa
     return float(sums[0] / sums[1])
 
 
-def train(cfg: Config, ctx: Dist, vocab: int, backend: str, events) -> tuple[GPT, TrainLoader]:
-    """Warm up (compile both graphs), roll back, then train to the wall-clock budget; returns the EMA model."""
+def train(cfg: Config, ctx: Dist, vocab: int, backend: str, events) -> tuple[GPT, TrainLoader, int]:
+    """Warm up (compile both graphs), roll back, then train to the wall-clock budget; returns the EMA model,
+    the loader (GPTQ calibrates on what comes next) and the number of steps taken."""
     files = shard_files(cfg.data_path, "train")
     accum = cfg.grad_accum_steps or max(1, 8 // ctx.world)
     per_rank, rest = divmod(cfg.train_batch_tokens, cfg.train_seq_len * ctx.world * accum)
@@ -776,7 +784,7 @@ def train(cfg: Config, ctx: Dist, vocab: int, backend: str, events) -> tuple[GPT
     log(ctx, "ema:applied EMA weights")
     if len(loader.holdout):
         log(ctx, f"holdout post-ema loss:{holdout_loss(model, loader.holdout, cfg, ctx):.4f}")
-    return model, loader
+    return model, loader, step
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1143,11 +1151,11 @@ def main() -> None:
     artifact = os.path.join(cfg.artifact_dir, "final_model.int6.ptz")
     log(ctx, f"tokenizer_path={tokenizer} phase:{phase or 'standalone'}")
     if phase in (None, "train"):
-        model, loader = train(cfg, ctx, sp.vocab_size(), backend, events)
+        model, loader, steps = train(cfg, ctx, sp.vocab_size(), backend, events)
         start = time.perf_counter()
         hessians = collect_hessians(model, loader, cfg, ctx)
         log(ctx, f"GPTQ:collected {len(hessians)} Hessians in {time.perf_counter() - start:.1f}s")
-        events.mark("train_end")  # the last step that reads training data is done
+        events.mark("train_end", steps=steps)  # the last step that reads training data is done
         save_artifact(model, hessians, cfg, ctx, artifact)
         del model, loader, hessians
     if phase in (None, "eval"):

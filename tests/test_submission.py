@@ -191,6 +191,53 @@ def test_ema_is_the_exponential_average_of_the_weights():
     torch.testing.assert_close(model.bias, torch.ones(2))
 
 
+def polar(g: torch.Tensor, steps: int) -> torch.Tensor:
+    """The exact orthogonal factor U·Vᵀ of each matrix, in float64: what Newton-Schulz approximates."""
+    u, _, vh = torch.linalg.svd(g.double(), full_matrices=False)
+    return (u @ vh).to(g.dtype)
+
+
+def test_newton_schulz_treats_each_matrix_of_a_stack_alone_and_nearly_orthogonalises_it():
+    gen = torch.Generator().manual_seed(5)
+    for shape in ((3, 16, 48), (3, 48, 16)):  # wide, and tall (transposed inside)
+        g = torch.randn(shape, generator=gen)
+        stacked = T.newton_schulz(g, 5).float()
+        alone = torch.stack([T.newton_schulz(m, 5) for m in g]).float()
+        torch.testing.assert_close(stacked, alone, atol=2e-2, rtol=0)
+        singular = torch.linalg.svdvals(stacked)
+        assert singular.min() > 0.5 and singular.max() < 1.3, singular
+        cosine = (stacked * polar(g, 0)).sum((-2, -1)) / (stacked.norm(dim=(-2, -1)) * polar(g, 0).norm(dim=(-2, -1)))
+        assert cosine.min() > 0.95, cosine
+
+
+def muoneq_r_reference(weights, grads_per_step, lr, mom, wd):
+    """MuonEq-R written out per matrix: Nesterov momentum, rows normalised, polar factor, √(rows/cols) if tall."""
+    weights, bufs = [w.clone() for w in weights], [torch.zeros_like(w) for w in weights]
+    for grads in grads_per_step:
+        for w, buf, g in zip(weights, bufs, grads):
+            buf.mul_(mom).add_(g)
+            d = g + mom * buf
+            d = d / d.norm(dim=-1, keepdim=True)
+            w.mul_(1 - lr * wd).sub_(lr * max(1.0, w.size(0) / w.size(1)) ** 0.5 * polar(d, 0))
+    return weights
+
+
+def test_muon_stacks_equal_shapes_and_matches_muoneq_r_written_out_per_matrix():
+    gen = torch.Generator().manual_seed(6)
+    shapes = [(4, 6), (8, 3), (4, 6), (5, 5), (8, 3), (4, 6)]  # interleaved, as a model's layers are
+    weights = [torch.randn(s, generator=gen) for s in shapes]
+    grads_per_step = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(3)]
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    muon = T.Muon(params, lr=0.02, momentum=0.9, weight_decay=0.1, ns_steps=5, ctx=CPU, orthogonalize=polar)
+    assert sorted(map(len, muon.stacks)) == [1, 2, 3]
+    for grads in grads_per_step:
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        muon.step()
+    for p, want in zip(params, muoneq_r_reference(weights, grads_per_step, 0.02, 0.9, 0.1)):
+        torch.testing.assert_close(p.detach(), want, atol=1e-5, rtol=0)
+
+
 def test_gptq_error_is_below_plain_rounding_at_the_same_scales():
     gen = torch.Generator().manual_seed(3)
     mixing = torch.randn(128, 128, generator=gen) / 8

@@ -52,8 +52,11 @@ def test_pgolf_run_passes_and_the_harness_measures_what_the_script_reports(tmp_p
     assert facts["tokens"] == 50_018
     assert 0 < facts["artifact_bytes"] < LIMIT
     assert [p.name for p in (seed / "artifact").iterdir()] == ["final_model.int6.ptz"]
-    losses = _train_losses((seed / "train.log").read_text())
+    train_log = (seed / "train.log").read_text()
+    losses = _train_losses(train_log)
     assert len(losses) >= 3 and losses[-1] < losses[0] - 0.5
+    stop = re.search(r"^(?:\[train\] )?stopping_early: wallclock_cap .* step:(\d+)/", train_log, re.M)
+    assert stop and facts["steps"] == int(stop[1]) > 0  # the train_end mark carries the steps the log reports
 
 
 def test_standalone_torchrun_prints_record_log_lines_pgolf_check_reads(tmp_path, rules):
@@ -82,3 +85,42 @@ def test_standalone_torchrun_prints_record_log_lines_pgolf_check_reads(tmp_path,
     assert log.get("code_bytes_compressed").value == code and total == model + code < LIMIT
     losses = _train_losses(run.stdout)
     assert len(losses) >= 3 and losses[-1] < losses[0] - 0.5
+
+
+MUON_RANKS = """
+import sys, torch, torch.distributed as dist
+sys.path[:0] = sys.argv[1:3]
+import train_gpt as T
+from test_submission import muoneq_r_reference, polar
+
+dist.init_process_group("gloo")
+ctx = T.Dist(rank=dist.get_rank(), world=dist.get_world_size())
+gen = torch.Generator().manual_seed(6)
+shapes = [(4, 6), (8, 3), (4, 6), (5, 5), (8, 3), (4, 6)]
+weights = [torch.randn(s, generator=gen) for s in shapes]
+grads_per_step = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(3)]
+params = [torch.nn.Parameter(w.clone()) for w in weights]
+muon = T.Muon(params, lr=0.02, momentum=0.9, weight_decay=0.1, ns_steps=5, ctx=ctx, orthogonalize=polar)
+print(f"rank {ctx.rank} orthogonalises {sorted(i for s in muon.stacks for i in s)}", flush=True)
+for grads in grads_per_step:
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    muon.step()
+for p, want in zip(params, muoneq_r_reference(weights, grads_per_step, 0.02, 0.9, 0.1)):
+    torch.testing.assert_close(p.detach(), want, atol=3e-4, rtol=0)  # updates travel as bf16
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_muon_split_over_two_ranks_gives_every_rank_the_same_update(tmp_path):
+    """Each rank orthogonalises its half of the matrices; after the all-reduce both hold every update."""
+    script = tmp_path / "muon_ranks.py"
+    script.write_text(MUON_RANKS)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(SUBMISSION), str(REPO / "tests")], cwd=tmp_path, env={**_env(), "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    halves = [set(map(int, re.findall(r"\d+", line.split("orthogonalises")[1])))
+              for line in run.stdout.splitlines() if "orthogonalises" in line]
+    assert len(halves) == 2 and halves[0].isdisjoint(halves[1]) and halves[0] | halves[1] == set(range(6)), halves
