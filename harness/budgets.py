@@ -113,7 +113,7 @@ def train_findings(s: SeedEvidence, track: Track, rules: Rules) -> list[Finding]
     return out
 
 
-def _score_eval_s(log: LogEvidence, s: SeedEvidence) -> tuple[float | None, Seen | None]:
+def score_eval_s(log: LogEvidence, s: SeedEvidence) -> tuple[float | None, Seen | None]:
     """Timed scoring of the claimed phase: its own eval_time, its printed twin's, or total_eval_time."""
     total = log.get("total_eval_time_s")
     if s.score is None:
@@ -133,7 +133,7 @@ def eval_findings(s: SeedEvidence, track: Track, rules: Rules) -> list[Finding]:
     log, seed = s.log, s.seed
     if s.score is None:
         return []
-    seconds, seen = _score_eval_s(log, s)
+    seconds, seen = score_eval_s(log, s)
     end_to_end = sum(m.eval_time_s or 0.0 for m in log.scores if "_exact" not in m.label and m.label != "ttt_sliding:done")
     warmup = log.get("ttt_warmup_s")
     end_to_end += float(warmup.value) if warmup else 0.0

@@ -66,7 +66,7 @@ def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name
         findings += _unlimited_disclosed(folder, matched, rules)
 
     new = [s.score.val_bpb for s in matched if s.score is not None]
-    frontier, source = _frontier(against, rules, profile)
+    frontier, source = resolve_frontier(against, rules, profile)
     findings += significance_findings(new, frontier, source, tokenizer, track, rules)
     findings += lint_files(folder, [p for p in scan.counted if p.suffix == ".py" and p.is_file() and not _is_client(p)])
 
@@ -130,7 +130,9 @@ def _unlimited_disclosed(folder: Path, matched: list[claims_mod.SeedEvidence], r
     return []
 
 
-def _frontier(against: str | None, rules: Rules, profile: str) -> tuple[list[float] | None, str]:
+def resolve_frontier(against: str | None, rules: Rules, profile: str) -> tuple[list[float] | None, str]:
+    """The frontier's per-seed BPBs from --against (a list of values, or a records folder read from its
+    logs) and where they came from; shared by check and rerun so both read --against the same way."""
     if not against:
         return None, ""
     values = parse_bpb_list(against)

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.findings import FAIL, INFO, Evidence, Finding, UsageError
-from harness.process import TRIPWIRE, PhaseProcess, _InterruptGate
+from harness.process import TRIPWIRE, InterruptGate, PhaseProcess, out_no_routes
 
 # where the job finds its folders inside the container
 CODE, DATA, ARTIFACT, EVENTS, CLIENT, SCRATCH = "/code", "/data", "/artifact", "/events", "/pgolf/client", "/tmp"
@@ -173,10 +173,11 @@ def prepare(image: str, gpus: int | None, echo: bool = True) -> str:
 
 def _owner() -> str:
     """This harness process, as a label: host, pid and start time (a reused pid is another process)."""
-    return f"{socket.gethostname()}/{os.getpid()}/{_start_ticks(os.getpid())}"
+    return f"{socket.gethostname()}/{os.getpid()}/{start_ticks(os.getpid())}"
 
 
-def _start_ticks(pid: int) -> str | None:
+def start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process (pids are reused)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -189,7 +190,7 @@ def _owner_alive(owner: str) -> bool:
     pid, _, ticks = rest.partition("/")
     if host != socket.gethostname():
         return True  # another machine's harness on a shared engine: not ours to judge
-    return pid.isdigit() and _start_ticks(int(pid)) == ticks
+    return pid.isdigit() and start_ticks(int(pid)) == ticks
 
 
 def clean(client=None) -> tuple[list[str], list[str]]:
@@ -326,7 +327,7 @@ def _run(client, job: ContainerJob, config: dict[str, Any]):
     import docker
 
     timings: dict[str, float] = {}
-    with _InterruptGate() as gate, job.log_path.open("ab") as log:
+    with InterruptGate() as gate, job.log_path.open("ab") as log:
         t = time.monotonic()
         try:
             container = client.containers.create(**config)
@@ -373,7 +374,7 @@ class _Watch:
         timings["start_s"] = time.monotonic() - self.started
         self.container.reload()
         self.pid = self.container.attrs["State"]["Pid"]
-        self.net_before = self.net_last = _no_routes(self.pid)
+        self.net_before = self.net_last = out_no_routes(self.pid)
         stream = self.container.client.api.attach(self.container.id, stdout=True, stderr=True, stream=True,
                                                   logs=True, demux=True)
         self.pump = threading.Thread(target=self._pump, args=(stream,), daemon=True)
@@ -394,7 +395,7 @@ class _Watch:
         """SIGTERM at the limit (the init forwards it to torchrun), SIGKILL to the container after the grace."""
         limit_at = self.started + self.job.limit_s
         while not self.exited.wait(TICK_S):
-            counted = _no_routes(self.pid)
+            counted = out_no_routes(self.pid)
             self.net_last = counted if counted is not None else self.net_last
             now = time.monotonic()
             if self.sigterm_at is None and now >= limit_at:
@@ -490,20 +491,6 @@ def _processes_of(container_id: str) -> list[int]:
             except OSError:
                 pass
     return sorted(out)
-
-
-def _no_routes(pid: int) -> int | None:
-    """IPv4 + IPv6 packets the process's network namespace could not route (attempts to leave a
-    namespace without network); None where the host cannot see it."""
-    try:
-        head, values = Path(f"/proc/{pid}/net/snmp").read_text().splitlines()[:2]
-        total = int(dict(zip(head.split(), values.split()))["OutNoRoutes"])
-        for line in Path(f"/proc/{pid}/net/snmp6").read_text().splitlines():
-            if line.startswith("Ip6OutNoRoutes"):
-                total += int(line.split()[1])
-        return total
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def _engine_time(stamp: str) -> float:

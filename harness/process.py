@@ -83,8 +83,8 @@ def run_phase(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path,
             if Path(folder).is_dir() and not Path(cwd).resolve().is_relative_to(Path(folder).resolve())}
     in_container, offline = _engine_isolation()
     counted_here = not network and not net_ns and offline  # the engine gave us no network: count here
-    sent_before = _out_no_routes() if counted_here else 0
-    with _InterruptGate() as gate:  # no Ctrl-C between spawn and try, nor during the cleanup
+    sent_before = (out_no_routes() or 0) if counted_here else 0
+    with InterruptGate() as gate:  # no Ctrl-C between spawn and try, nor during the cleanup
         job = _Job(cmd, env, Path(cwd), Path(log_path), prefix if echo else None, pid_ns, net_ns,
                    hide if pid_ns else {})
         try:
@@ -98,7 +98,7 @@ def run_phase(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path,
             survivors = job.close()
     rc, report = job.returncode, job.report
     if counted_here:
-        report["net_attempts"] = _out_no_routes() - sent_before
+        report["net_attempts"] = (out_no_routes() or 0) - sent_before
     isolation = {"pid_namespace": "enforced" if pid_ns or in_container else "observed",
                  "network": "enabled" if network else "disabled" if net_ns or offline else "observed"}
     if wanted:  # enforced only when every folder asked for was hidden
@@ -329,7 +329,7 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
-class _InterruptGate:
+class InterruptGate:
     """SIGINT and SIGTERM to the harness raise KeyboardInterrupt while the gate is open; while it
     is closed they are held and raised on opening or on leaving. Only the main thread gets signals,
     so elsewhere this does nothing."""
@@ -338,7 +338,7 @@ class _InterruptGate:
         self.active = threading.current_thread() is threading.main_thread()
         self.is_open, self.pending = False, False
 
-    def __enter__(self) -> _InterruptGate:
+    def __enter__(self) -> InterruptGate:
         if self.active:
             self.old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -388,18 +388,18 @@ def _engine_isolation() -> tuple[bool, bool]:
     return in_container, offline
 
 
-def _out_no_routes() -> int:
-    """IPv4 + IPv6 packets this network namespace could not route: attempts to leave the host."""
-    total = 0
+def out_no_routes(pid: int | str = "self") -> int | None:
+    """IPv4 + IPv6 packets the process's network namespace could not route: attempts to leave a
+    namespace without network. None where /proc does not show them (the process is gone)."""
     try:
-        head, values = open("/proc/net/snmp").read().splitlines()[:2]
-        total += int(dict(zip(head.split(), values.split()))["OutNoRoutes"])
-        for line in open("/proc/net/snmp6"):
+        head, values = Path(f"/proc/{pid}/net/snmp").read_text().splitlines()[:2]
+        total = int(dict(zip(head.split(), values.split()))["OutNoRoutes"])
+        for line in Path(f"/proc/{pid}/net/snmp6").read_text().splitlines():
             if line.startswith("Ip6OutNoRoutes"):
                 total += int(line.split()[1])
+        return total
     except (OSError, KeyError, ValueError):
-        pass
-    return total
+        return None
 
 
 def _resolve_loopback_locally() -> None:
@@ -468,7 +468,7 @@ def _init(link_fd: int, net: bool, hide: dict[str, list[str]], cmd: list[str]) -
         _bring_loopback_up()
         _resolve_loopback_locally()
     hidden = _hide(hide) if hide else False
-    sent_before = _out_no_routes() if net else 0
+    sent_before = (out_no_routes() or 0) if net else 0
     try:
         child = os.posix_spawnp(cmd[0], cmd, os.environ,
                                 setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ))
@@ -481,7 +481,7 @@ def _init(link_fd: int, net: bool, hide: dict[str, list[str]], cmd: list[str]) -
         if pid == child:
             break
     report = {"status": status, "hidden": hidden, "tripped": _tripped(hide) if hidden else [],
-              "net_attempts": _out_no_routes() - sent_before if net else None}
+              "net_attempts": (out_no_routes() or 0) - sent_before if net else None}
     link.sendall(json.dumps(report).encode())
     code = os.waitstatus_to_exitcode(status)
     os._exit(code if code >= 0 else 128 - code)

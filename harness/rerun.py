@@ -29,8 +29,8 @@ from typing import Any
 
 from harness import submission
 from harness.atomic import write_text_atomic
-from harness.budgets import _score_eval_s
-from harness.check import _frontier
+from harness.budgets import score_eval_s
+from harness.check import resolve_frontier
 from harness.claims import SeedEvidence, match_seeds, pick_score
 from harness.code import scan_code
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding, UsageError
@@ -95,7 +95,7 @@ def rerun(request: RerunRequest, rules: Rules) -> Verdict:
     """Run (or merge) the seeds, judge them against the claims, and write verdict.json and the reports."""
     claimed = read_claims(request.submission, rules, request.track)
     seeds = _chosen(request.seeds, claimed)
-    frontier, source = _frontier(request.against, rules, "historic")  # a bad --against fails before any run
+    frontier, source = resolve_frontier(request.against, rules, "historic")  # a bad --against fails before any run
     if request.merge:
         if request.resume or request.legacy or request.engine:
             raise UsageError("--merge runs nothing: --resume, --legacy and --container do not apply (each seed folder "
@@ -161,7 +161,7 @@ def _claimed_numbers(folder: Path, claims: submission.Claims, evidence: SeedEvid
         val_bpb=claim.value if claim else score.val_bpb if score else None,
         artifact_bytes=int(size.value) if size else int(total.value) if total else None,
         train_s=float(log.train_stop.value) / 1000 if log.train_stop else None,
-        eval_s=_score_eval_s(log, evidence)[0],
+        eval_s=score_eval_s(log, evidence)[0],
         steps=log.steps or (curve[-1][0] if curve else None),  # exported logs say step 0 when unknown
         loss_curve=curve, source=log.name)
 
@@ -330,7 +330,7 @@ def reproduced_numbers(seed_dir: Path, verdict: dict[str, Any], seed: int, rules
         curve = loss_curve(seed_dir / "legacy.log")
         return SeedNumbers(facts.get("logged_val_bpb"), facts.get("logged_artifact_bytes"),
                            float(log.train_stop.value) / 1000 if log.train_stop else None,
-                           _score_eval_s(log, SeedEvidence(seed, log, pick_score(log, rules)))[0],
+                           score_eval_s(log, SeedEvidence(seed, log, pick_score(log, rules)))[0],
                            log.steps or (curve[-1][0] if curve else None), curve, str(seed_dir))
     curve = loss_curve(seed_dir / "train.log")
     steps = facts.get("steps")  # sent with the train_end mark; else what the submission's log shows

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
-from harness.container import LABEL, ContainerJob, connect, container_config, prepare
+from harness.container import LABEL, ContainerJob, connect, container_config, prepare, start_ticks
 from harness.data.shards import train_shards, val_shards
 from harness.findings import UsageError
 from harness.rules import load_rules
@@ -85,15 +85,6 @@ def _views(seed_dir: Path) -> tuple[Path, Path]:
 
 def _names(folder: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in folder.glob("fineweb_*")))
-
-
-def _ticks(pid: int) -> str | None:
-    """The process's start time (a reused pid is another process); None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()[19]
 
 
 def _wait_for_container(client, run: Path, timeout: float = 180):
@@ -241,7 +232,7 @@ def test_ranks_that_ignore_sigterm_go_with_the_container(engine, tmp_path):
                 return
             column = top["Titles"].index("PID")
             for row in top["Processes"] or []:
-                ticks = _ticks(int(row[column]))
+                ticks = start_ticks(int(row[column]))
                 if ticks:
                     seen.setdefault(int(row[column]), ticks)
             time.sleep(0.5)
@@ -257,7 +248,7 @@ def test_ranks_that_ignore_sigterm_go_with_the_container(engine, tmp_path):
     log = (tmp_path / "seed_1" / "train.log").read_text()
     assert "rank 0 ready" in log and "rank 1 ready" in log, log[-2000:]
     assert len(seen) >= 6  # init, timeout, torchrun, 2 ranks, their sleeps
-    assert [pid for pid, ticks in seen.items() if _ticks(pid) == ticks] == []
+    assert [pid for pid, ticks in seen.items() if start_ticks(pid) == ticks] == []
     assert "phase.survivors" not in statuses(verdict) and labelled(engine, tmp_path) == []
 
 
