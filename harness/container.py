@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.findings import FAIL, INFO, Evidence, Finding, UsageError
-from harness.process import TRIPWIRE, InterruptGate, PhaseProcess, out_no_routes
+from harness.process import InterruptGate, PhaseProcess, out_no_routes, plant_tripwire, start_ticks, tripwire_read
 
 # where the job finds its folders inside the container
 CODE, DATA, ARTIFACT, EVENTS, CLIENT, SCRATCH = "/code", "/data", "/artifact", "/events", "/pgolf/client", "/tmp"
@@ -176,15 +176,6 @@ def _owner() -> str:
     return f"{socket.gethostname()}/{os.getpid()}/{start_ticks(os.getpid())}"
 
 
-def start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot: with the pid, it names one process (pids are reused)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()[19]
-
-
 def _owner_alive(owner: str) -> bool:
     host, _, rest = owner.partition("/")
     pid, _, ticks = rest.partition("/")
@@ -243,10 +234,8 @@ def _plant_tripwires(root: Path, job: ContainerJob, taken: set[str]) -> dict[str
         folder = root / str(i)
         folder.mkdir()
         for name in names:
-            path = folder / name
-            path.write_bytes(TRIPWIRE)
-            path.chmod(0o444)
-            os.utime(path, (0, 0))  # dated 1970: any read moves the access time
+            plant_tripwire(folder / name)
+            (folder / name).chmod(0o444)
         folder.chmod(0o555)
         out[place] = (folder, names)
     return out
@@ -254,15 +243,8 @@ def _plant_tripwires(root: Path, job: ContainerJob, taken: set[str]) -> dict[str
 
 def _tripped(tripwires: dict[str, tuple[Path, tuple[str, ...]]]) -> list[str]:
     """In-container paths of the tripwires the job read or removed."""
-    out = []
-    for place, (folder, names) in tripwires.items():
-        for name in names:
-            try:
-                if (folder / name).stat().st_atime > 0:
-                    out.append(f"{place}/{name}")
-            except OSError:
-                out.append(f"{place}/{name}")
-    return out
+    return [f"{place}/{name}" for place, (folder, names) in tripwires.items() for name in names
+            if tripwire_read(folder / name)]
 
 
 def _bind(source: Path, target: str, writable: bool) -> dict[str, Any]:

@@ -307,18 +307,27 @@ class _Job:
         return self.proc.returncode
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: state, ppid, ..., start time at index 19; None when gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process (pids are reused)."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields else None
+
+
 def _processes() -> dict[int, tuple[int, str]]:
     """pid -> (ppid, start time) of every live (non-zombie) process, from /proc."""
     out = {}
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] not in "ZX":
-                out[int(entry.name)] = (int(fields[1]), fields[19])
+        if entry.name.isdigit() and (fields := _stat_fields(entry.name)) and fields[0] not in "ZX":
+            out[int(entry.name)] = (int(fields[1]), fields[19])
     return out
 
 
@@ -427,33 +436,36 @@ def _resolve_loopback_locally() -> None:
             pass
 
 
+def plant_tripwire(path: str | Path) -> None:
+    """A file named like a hidden shard, dated 1970, so that any read moves its access time."""
+    with open(path, "wb") as f:
+        f.write(TRIPWIRE)
+    os.utime(path, (0, 0))
+
+
+def tripwire_read(path: str | Path) -> bool:
+    """The job read this tripwire (its access time moved) or removed it."""
+    try:
+        return os.stat(path).st_atime > 0
+    except OSError:
+        return True
+
+
 def _hide(folders: dict[str, list[str]]) -> bool:
-    """Mount an empty tmpfs over each folder (this mount namespace only) and plant its tripwires,
-    dated 1970 so that any read moves their access time."""
+    """Mount an empty tmpfs over each folder (this mount namespace only) and plant its tripwires."""
     libc = ctypes.CDLL(None, use_errno=True)
     flags = 0x2 | 0x4 | 0x8  # MS_NOSUID | MS_NODEV | MS_NOEXEC
     for folder, names in folders.items():
         if libc.mount(b"pgolf-hidden", folder.encode(), b"tmpfs", flags, b"size=4m,mode=0555") != 0:
             return False
         for name in names:
-            path = os.path.join(folder, name)
-            with open(path, "wb") as f:
-                f.write(TRIPWIRE)
-            os.utime(path, (0, 0))
+            plant_tripwire(os.path.join(folder, name))
     return True
 
 
 def _tripped(folders: dict[str, list[str]]) -> list[str]:
-    out = []
-    for folder, names in folders.items():
-        for name in names:
-            path = os.path.join(folder, name)
-            try:
-                if os.stat(path).st_atime > 0:
-                    out.append(path)
-            except OSError:
-                out.append(path)
-    return out
+    return [path for folder, names in folders.items() for name in names
+            if tripwire_read(path := os.path.join(folder, name))]
 
 
 def _init(link_fd: int, net: bool, hide: dict[str, list[str]], cmd: list[str]) -> None:

@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
-from harness.container import LABEL, ContainerJob, connect, container_config, prepare, start_ticks
+from harness.container import LABEL, ContainerJob, connect, container_config, prepare
 from harness.data.shards import train_shards, val_shards
 from harness.findings import UsageError
+from harness.process import start_ticks
 from harness.rules import load_rules
 from harness.run import PhaseSpec, RunSpec, eval_phase, run_seed, train_phase, verify
 
