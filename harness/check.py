@@ -12,15 +12,13 @@ from typing import Any
 from harness import budgets, claims as claims_mod, submission
 from harness.code import scan_code, counted_bytes
 from harness.findings import FAIL, INFO, WARN, Evidence, Finding, UsageError
+from harness.client import CLIENT_FILE
 from harness.folder import find_track, folder_findings, log_files
 from harness.lint import lint_files
 from harness.logs import read_log, tokenizer_of
 from harness.rules import Rules
 from harness.significance import parse_bpb_list, significance_findings
 from harness.verdict import Verdict
-
-CLIENT = Path(__file__).resolve().parent / "client" / "pgolf_events.py"
-
 
 def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name: str | None = None,
                  against: str | None = None) -> Verdict:
@@ -78,7 +76,7 @@ def _is_client(path: Path) -> bool:
     """A verbatim copy of pgolf's own event client (shipped by pgolf export) is harness code, not the
     submission's: its socket use is the event channel, so it is counted but not linted."""
     try:
-        return path.read_bytes() == CLIENT.read_bytes()
+        return path.read_bytes() == CLIENT_FILE.read_bytes()
     except OSError:
         return False
 

@@ -45,6 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from harness.client import CLIENT_DIR
 from harness.findings import FAIL, INFO, Evidence, Finding, UsageError
 from harness.process import InterruptGate, PhaseProcess, out_no_routes, plant_tripwire, start_ticks, tripwire_read
 
@@ -254,8 +255,6 @@ def _bind(source: Path, target: str, writable: bool) -> dict[str, Any]:
 def container_config(job: ContainerJob, *, gpus: int, user: str, name: str,
                      tripwires: dict[str, tuple[Path, tuple[str, ...]]] | None = None) -> dict[str, Any]:
     """The arguments of `containers.create` for `job`: everything the engine is asked to enforce."""
-    from harness.run import CLIENT_DIR
-
     host = f"pgolf-{job.phase}"
     mounts = [_bind(job.code, CODE, job.phase == "legacy"), _bind(job.data, data_dir(job.data), False),
               _bind(job.artifact, ARTIFACT, job.phase != "eval"), _bind(CLIENT_DIR, CLIENT, False)]

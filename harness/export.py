@@ -23,6 +23,7 @@ from typing import Any
 
 from harness import __version__
 from harness.atomic import write_text_atomic
+from harness.client import CLIENT_FILE
 from harness.code import counted_bytes, scan_code
 from harness.findings import FAIL, UsageError
 from harness.folder import FOLDER_NAME
@@ -32,7 +33,6 @@ from harness.run import artifact_of
 from harness.validation import load_schema
 
 SCORE_LABEL = "final_pgolf_roundtrip_exact"
-CLIENT = Path(__file__).resolve().parent / "client" / "pgolf_events.py"
 PLACEHOLDER_AUTHOR, PLACEHOLDER_ID = "FILL IN", "FILL-IN"
 _OWN_FILES = {"README.md", "submission.json"}  # written here, never copied from the code folder
 
@@ -117,9 +117,9 @@ def _copy_code(code: Path, tmp: Path, rules: Rules) -> tuple[list[str], list[str
     copied = [p.relative_to(code).as_posix() for p in wanted]
     skipped = sorted(p.relative_to(code).as_posix() for p in code.rglob("*")
                      if p.is_file() and p.relative_to(code).as_posix() not in copied and "__pycache__" not in p.parts)
-    if "pgolf_events" in scan.third_party and not (tmp / CLIENT.name).exists():
-        shutil.copy2(CLIENT, tmp / CLIENT.name)
-        copied.append(f"{CLIENT.name} (pgolf's protocol client, which the run had on PYTHONPATH)")
+    if "pgolf_events" in scan.third_party and not (tmp / CLIENT_FILE.name).exists():
+        shutil.copy2(CLIENT_FILE, tmp / CLIENT_FILE.name)
+        copied.append(f"{CLIENT_FILE.name} (pgolf's protocol client, which the run had on PYTHONPATH)")
     return copied, skipped
 
 

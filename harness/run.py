@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from harness import budgets
+from harness import budgets, container
 from harness.atomic import write_text_atomic
 from harness.claims import SeedEvidence, pick_score
+from harness.client import CLIENT_DIR
 from harness.client.pgolf_events import audit_positions
 from harness.code import CodeScan, counted_bytes, scan_code
-from harness.container import ContainerProcess, engine_findings
 from harness.data.shards import ShardError, read_tokens, train_shards, val_byte_sidecars, val_shards
 from harness.events import EventServer, Received
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding, UsageError
@@ -43,8 +43,6 @@ from harness.report import verdict_json
 from harness.rules import Rules, Track
 from harness.submission import Claims
 from harness.verdict import Verdict
-
-CLIENT_DIR = Path(__file__).resolve().parent / "client"
 
 
 @dataclass(frozen=True)
@@ -145,8 +143,6 @@ def _phase(job: JobSpec, phase: PhaseSpec, name: str, code: Path, ledger: Ledger
 def _in_container(job: JobSpec, phase: PhaseSpec, name: str, code: Path, socket_path: Path | None) -> PhaseProcess:
     """The same job as its own container (harness.container), told the paths it sees there;
     torchrun's --tee labels each line with its rank."""
-    from harness import container
-
     inside = PurePosixPath(container.EVENTS) / socket_path.name if socket_path else None
     env = _env(job, name, PurePosixPath(container.data_dir(phase.data)), PurePosixPath(container.ARTIFACT), inside,
                PurePosixPath(container.CLIENT), container.job_environment(dict(os.environ)))
@@ -207,8 +203,8 @@ def _process_findings(phase: str, p: PhaseProcess, received: Received, limit_s: 
         out.append(Finding("isolation", FAIL if phase == "eval" else WARN, "isolation.network_attempt",
                            f"{phase}: the job tried to reach the network {p.network_attempts} time(s) (refused: no "
                            "network in the phase's namespace)", data={"phase": phase, "count": p.network_attempts}))
-    if isinstance(p, ContainerProcess):
-        out += engine_findings(phase, p)
+    if isinstance(p, container.ContainerProcess):
+        out += container.engine_findings(phase, p)
     return out
 
 
@@ -318,7 +314,7 @@ def _finding(d: dict[str, Any]) -> Finding:
 
 def _process_facts(p: PhaseProcess, marked_s: float | None) -> dict[str, Any]:
     facts = {"wall_s": p.wall_s, "marked_s": marked_s, "returncode": p.returncode, "isolation": p.isolation}
-    if isinstance(p, ContainerProcess):
+    if isinstance(p, container.ContainerProcess):
         facts["container"] = p.engine  # the engine's clocks, image and inspected configuration
     return facts
 
@@ -462,9 +458,7 @@ def run_seed(spec: RunSpec, rules: Rules) -> Verdict:
     if not (spec.submission / "train_gpt.py").is_file():
         raise UsageError(f"{spec.submission}: no train_gpt.py to run")
     if spec.image:  # the engine answers and the image exists; every phase runs this very image
-        from harness.container import prepare
-
-        spec = replace(spec, image=prepare(spec.image, spec.gpus, spec.echo))
+        spec = replace(spec, image=container.prepare(spec.image, spec.gpus, spec.echo))
     try:
         spec.out.mkdir(parents=True)
     except FileExistsError:

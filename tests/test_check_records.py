@@ -8,6 +8,7 @@ import pytest
 
 from conftest import BASELINE, DGATTN, LEAKY, PHASED, SP8192, codes, edit, finding, judge
 from harness.check import check_folder
+from harness.client import CLIENT_FILE
 from harness.findings import UsageError
 
 
@@ -169,14 +170,12 @@ def test_third_party_import_needs_requirements(record, rules):
 
 
 def test_shipped_event_client_is_counted_but_not_linted(record, rules):
-    from harness.check import CLIENT
-
     folder = record(SP8192)
     (folder / "train_gpt.py").write_text("from pgolf_events import Events\n")
-    (folder / "pgolf_events.py").write_bytes(CLIENT.read_bytes())
+    (folder / "pgolf_events.py").write_bytes(CLIENT_FILE.read_bytes())
     v = judge(folder, rules)
     assert not [f for f in v.findings if f.check == "lint"]
-    (folder / "pgolf_events.py").write_bytes(CLIENT.read_bytes() + b"\nimport requests\n")  # no longer ours
+    (folder / "pgolf_events.py").write_bytes(CLIENT_FILE.read_bytes() + b"\nimport requests\n")  # no longer ours
     assert "lint.network" in codes(judge(folder, rules))
 
 

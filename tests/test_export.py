@@ -12,7 +12,8 @@ import pytest
 import harness.export
 from conftest import run_failures
 from harness.cli import REPO
-from harness.export import CLIENT, export_run
+from harness.client import CLIENT_FILE
+from harness.export import export_run
 from harness.rules import load_rules
 
 
@@ -57,7 +58,7 @@ def test_export_passes_strict_check_with_the_run_s_numbers(run, tmp_path):
 
     data = json.loads((folder / "submission.json").read_text())
     assert data["track"] == "non_record_16mb" and data["seeds"] == [1, 2] and data["author"] == "Ada"
-    client = CLIENT.stat().st_size  # shipped so the folder runs from inside itself, so counted
+    client = CLIENT_FILE.stat().st_size  # shipped so the folder runs from inside itself, so counted
     for seed in (1, 2):
         measured = json.loads((run / f"seed_{seed}" / "verdict.json").read_text())["seeds"][str(seed)]
         got = data["seed_results"][str(seed)]
