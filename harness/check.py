@@ -23,8 +23,8 @@ from harness.verdict import Verdict
 def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name: str | None = None,
                  against: str | None = None) -> Verdict:
     folder = _usable_folder(folder)
-    if track_name is not None and track_name not in rules.tracks:
-        raise UsageError(f"unknown track '{track_name}'; known: {', '.join(rules.tracks)}")
+    if track_name is not None:
+        rules.track(track_name)  # an unknown track stops here
     findings: list[Finding] = []
 
     data, json_problems = submission.load(folder)

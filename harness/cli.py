@@ -75,8 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     rules = load_rules(args.rules)
     engine = _engine(args)
-    if args.track not in rules.tracks:
-        raise UsageError(f"unknown track '{args.track}'; known: {', '.join(rules.tracks)}")
+    rules.track(args.track)  # an unknown track stops here
     for path, what in ((args.submission, "submission folder"), (args.data, "dataset folder")):
         if not path.is_dir():
             raise UsageError(f"{path}: no such {what}")
@@ -124,8 +123,7 @@ def cmd_phase_train(args: argparse.Namespace) -> int:
     from harness.run import PhaseSpec, phase_succeeded, train_phase
 
     rules = load_rules(args.rules)
-    if args.track not in rules.tracks:
-        raise UsageError(f"unknown track '{args.track}'; known: {', '.join(rules.tracks)}")
+    rules.track(args.track)  # an unknown track stops here
     for path, what in ((args.submission, "submission folder"), (args.data, "data folder")):
         if not path.is_dir():
             raise UsageError(f"{path}: no such {what}")

@@ -243,8 +243,7 @@ CHECKS: dict[str, Callable[[Rules, str], list[Finding]]] = {
 
 def diagnose(rules: Rules, track: str, only: list[str] | None = None) -> list[Finding]:
     """Run the named checks (all by default), in a fixed order."""
-    if track not in rules.tracks:
-        raise UsageError(f"unknown track '{track}'; known: {', '.join(rules.tracks)}")
+    rules.track(track)  # an unknown track stops here
     unknown = sorted(set(only or []) - set(CHECKS))
     if unknown:
         raise UsageError(f"--only {','.join(unknown)}: no such check; known: {', '.join(CHECKS)}")

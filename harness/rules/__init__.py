@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from harness.findings import UsageError
 from harness.validation import errors
 
 
@@ -40,6 +41,12 @@ class Track:
 class Rules:
     raw: dict[str, Any]
     tracks: dict[str, Track]
+
+    def track(self, name: str) -> Track:
+        """The named track; a name the rules do not know is the user's error, listing the known ones."""
+        if name not in self.tracks:
+            raise UsageError(f"unknown track '{name}'; known: {', '.join(self.tracks)}")
+        return self.tracks[name]
 
     @property
     def hard_limits(self) -> dict[str, float]:
