@@ -27,9 +27,8 @@ from harness.client import CLIENT_FILE
 from harness.code import counted_bytes, scan_code
 from harness.findings import FAIL, UsageError
 from harness.folder import FOLDER_NAME
-from harness.logs import read_log
 from harness.rules import Rules
-from harness.run import artifact_of
+from harness.run import artifact_of, reported_steps
 from harness.validation import load_schema
 
 SCORE_LABEL = "final_pgolf_roundtrip_exact"
@@ -129,9 +128,7 @@ def _seed_result(seed_dir: Path, verdict: dict[str, Any], code_bytes: int, rules
     model = sum(p.stat().st_size for p in artifact_of(seed_dir).rglob("*") if p.is_file())
     train_s = facts.get("train_marked_s") or facts["train_wall_s"]
     eval_s = facts.get("eval_marked_s") or facts["eval_wall_s"]
-    steps = facts.get("steps")  # the submission's train_end mark; else whatever its own log shows
-    if steps is None and (seed_dir / "train.log").is_file():
-        steps = read_log(seed_dir / "train.log", seed_dir, rules).steps
+    steps = reported_steps(seed_dir, facts, rules)
     return {"val_bpb": round(facts["val_bpb"], 8), "val_loss": round(facts["val_loss"], 8),
             "artifact_bytes": model + code_bytes, "model_bytes": model, "code_bytes": code_bytes,
             "train_time_s": round(train_s, 3), "eval_time_s": round(eval_s, 3), "steps": steps}

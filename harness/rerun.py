@@ -332,10 +332,10 @@ def reproduced_numbers(seed_dir: Path, verdict: dict[str, Any], seed: int, rules
                            float(log.train_stop.value) / 1000 if log.train_stop else None,
                            score_eval_s(log, SeedEvidence(seed, log, pick_score(log, rules)))[0],
                            log.steps or (curve[-1][0] if curve else None), curve, str(seed_dir))
+    from harness.run import reported_steps  # the run folder's format is the runner's
+
     curve = loss_curve(seed_dir / "train.log")
-    steps = facts.get("steps")  # sent with the train_end mark; else what the submission's log shows
-    if steps is None and (seed_dir / "train.log").is_file():
-        steps = read_log(seed_dir / "train.log", seed_dir, rules).steps
+    steps = reported_steps(seed_dir, facts, rules)
     return SeedNumbers(facts.get("val_bpb"), facts.get("artifact_bytes") or None,
                        facts.get("train_marked_s") or facts.get("train_wall_s"),
                        facts.get("eval_marked_s") or facts.get("eval_wall_s"),

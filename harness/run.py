@@ -446,6 +446,14 @@ def _portable(artifact: Path, out: Path) -> str:
     return artifact.relative_to(out).as_posix() if artifact.is_relative_to(out) else str(artifact)
 
 
+def reported_steps(out: Path, facts: dict[str, Any], rules: Rules) -> int | None:
+    """The optimizer steps the submission reported: with its train_end mark, else in its own train log."""
+    steps = facts.get("steps")
+    if steps is None and (out / "train.log").is_file():
+        steps = read_log(out / "train.log", out, rules).steps
+    return steps
+
+
 def artifact_of(out: Path) -> Path:
     """Where the seed's train phase left its artifact (the seed folder's artifact/ unless told otherwise)."""
     train = _read_record(out, "train")
