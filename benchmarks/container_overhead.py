@@ -20,10 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
-from harness.container import ContainerJob, run_job
-from harness.process import run_phase
+from harness.run.container import ContainerJob, run_job
+from harness.run.native import run_phase
 from harness.rules import load_rules
-from harness.run import RunSpec, run_seed
+from harness.run.seed import RunSpec, run_seed
 
 BUDGET_S = 600.0
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.client.pgolf_events import Events
-from harness.events import EventServer
-from harness.ledger import Ledger
+from harness.run.events import EventServer
+from harness.run.ledger import Ledger
 
 
 def main() -> None:

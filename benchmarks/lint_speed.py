@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.lint import lint_files
+from harness.check.lint import lint_files
 
 PACKAGE = Path(__file__).resolve().parents[1] / "harness"
 

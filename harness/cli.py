@@ -15,7 +15,7 @@ from pathlib import Path
 
 from harness import __version__
 from harness.atomic import write_text_atomic
-from harness.check import check_folder
+from harness.check.checker import check_folder
 from harness.data.variants import DataError
 from harness.findings import UsageError
 from harness.report import render_markdown, render_terminal, verdict_json
@@ -71,7 +71,7 @@ def _engine(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.run import RunSpec, run_seed  # imports numpy and the event server: only runs need them
+    from harness.run.seed import RunSpec, run_seed  # imports numpy and the event server: only runs need them
 
     rules = load_rules(args.rules)
     engine = _engine(args)
@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from harness.container import clean
+    from harness.run.container import clean
 
     removed, in_use = clean()
     if not args.quiet:
@@ -120,7 +120,7 @@ def _limit(args: argparse.Namespace, rules, phase: str) -> float:
 
 
 def cmd_phase_train(args: argparse.Namespace) -> int:
-    from harness.run import PhaseSpec, phase_succeeded, train_phase
+    from harness.run.seed import PhaseSpec, phase_succeeded, train_phase
 
     rules = load_rules(args.rules)
     rules.track(args.track)  # an unknown track stops here
@@ -137,7 +137,7 @@ def cmd_phase_train(args: argparse.Namespace) -> int:
 
 
 def cmd_phase_eval(args: argparse.Namespace) -> int:
-    from harness.run import PhaseSpec, artifact_of, eval_phase, phase_succeeded
+    from harness.run.seed import PhaseSpec, artifact_of, eval_phase, phase_succeeded
 
     rules = load_rules(args.rules)
     if not args.data.is_dir():
@@ -150,7 +150,7 @@ def cmd_phase_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from harness.run import verify
+    from harness.run.seed import verify
 
     if not args.out.is_dir():
         raise UsageError(f"{args.out}: no such seed folder")
@@ -161,8 +161,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from harness.rerun import RerunRequest, rerun
-    from harness.rerun_report import render_markdown as rerun_markdown
+    from harness.rerun.rerun import RerunRequest, rerun
+    from harness.rerun.report import render_markdown as rerun_markdown
 
     out = (args.out or REPO / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}_rerun_{args.folder.resolve().name}").resolve()
     request = RerunRequest(args.folder, out, args.data.resolve(), args.tokenizer.resolve(),

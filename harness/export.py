@@ -26,9 +26,9 @@ from harness.atomic import write_text_atomic
 from harness.client import CLIENT_FILE
 from harness.code import counted_bytes, scan_code
 from harness.findings import FAIL, UsageError
-from harness.folder import FOLDER_NAME
+from harness.check.folder import FOLDER_NAME
 from harness.rules import Rules
-from harness.run import artifact_of, reported_steps
+from harness.run.seed import artifact_of, reported_steps
 from harness.validation import load_schema
 
 SCORE_LABEL = "final_pgolf_roundtrip_exact"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.check import check_folder
+from harness.check.checker import check_folder
 from harness.rules import load_rules
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"

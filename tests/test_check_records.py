@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import BASELINE, DGATTN, LEAKY, PHASED, SP8192, codes, edit, finding, judge
-from harness.check import check_folder
+from harness.check.checker import check_folder
 from harness.client import CLIENT_FILE
 from harness.findings import UsageError
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 
 from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
-from harness.container import LABEL, ContainerJob, connect, container_config, prepare
+from harness.run.container import LABEL, ContainerJob, connect, container_config, prepare
 from harness.data.shards import train_shards, val_shards
 from harness.findings import UsageError
-from harness.process import start_ticks
+from harness.run.native import start_ticks
 from harness.rules import load_rules
-from harness.run import PhaseSpec, RunSpec, eval_phase, run_seed, train_phase, verify
+from harness.run.seed import PhaseSpec, RunSpec, eval_phase, run_seed, train_phase, verify
 
 IMAGE = "pgolf:cpu"
 TINY = REPO / "examples" / "tiny"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from harness.client.pgolf_events import Events, audit_positions
-from harness.events import EventServer
-from harness.ledger import Ledger
+from harness.run.events import EventServer
+from harness.run.ledger import Ledger
 
 N = 2001  # stream positions; targets are 1 … 2000
 TOKENS = np.random.default_rng(0).integers(0, 50, size=N).astype(np.uint16)

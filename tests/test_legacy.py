@@ -8,7 +8,7 @@ import sys
 
 from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
 from harness.rules import load_rules
-from harness.run import RunSpec, run_seed
+from harness.run.seed import RunSpec, run_seed
 
 PLAIN = REPO / "tests" / "legacy_cases" / "plain"
 GAPS = {"guarantees.separate_phases", "guarantees.data_isolation", "guarantees.harness_bpb", "guarantees.score_ledger"}

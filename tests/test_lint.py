@@ -1,4 +1,4 @@
-"""harness.lint: each rule flags a small synthetic script at the exact line and stays silent on a
+"""harness.check.lint: each rule flags a small synthetic script at the exact line and stays silent on a
 legitimate look-alike; odd files never raise. Scripts are written here, line numbers counted
 from 1 at the first line of the dedented text."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from harness.findings import FAIL, WARN
-from harness.lint import lint_files
+from harness.check.lint import lint_files
 
 
 def lint(tmp_path, code: str | bytes, name: str = "train_gpt.py"):

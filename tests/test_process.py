@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.process import PhaseStartError, _unshare_works, run_phase
+from harness.run.native import PhaseStartError, _unshare_works, run_phase
 
 CASES = Path(__file__).parent / "process_cases"
 ROOT = Path(__file__).parent.parent

@@ -13,7 +13,7 @@ import pytest
 
 from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
 from harness.findings import UsageError
-from harness.run import RunSpec, run_seed
+from harness.run.seed import RunSpec, run_seed
 
 TINY = REPO / "examples" / "tiny"
 

@@ -6,7 +6,7 @@ import math
 import pytest
 from scipy import stats
 
-from harness.significance import compare, parse_bpb_list
+from harness.check.significance import compare, parse_bpb_list
 
 MLPCLIP12 = [1.06356801, 1.0641313, 1.06466993, 1.06509678, 1.06516558]  # PR #1769, 5 reported seeds
 PR1736 = [1.0661, 1.06473, 1.06563]

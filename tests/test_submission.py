@@ -15,7 +15,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from harness.check import check_folder
+from harness.check.checker import check_folder
 from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
 from harness.code import counted_bytes, scan_code
 from harness.data.shards import read_tokens, train_shards, val_shards

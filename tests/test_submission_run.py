@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 
-from harness.claims import pick_score
+from harness.check.claims import pick_score
 from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
 from harness.code import counted_bytes, scan_code
 from harness.logs import read_log

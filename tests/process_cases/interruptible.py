@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from harness.process import run_phase
+from harness.run.native import run_phase
 
 here = Path(__file__).parent
 try:

@@ -9,15 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness import budgets, claims as claims_mod, submission
+from harness.check import budgets
+from harness.check import claims as claims_mod
+from harness.check import submission
 from harness.code import scan_code, counted_bytes
 from harness.findings import FAIL, INFO, WARN, Evidence, Finding, UsageError
 from harness.client import CLIENT_FILE
-from harness.folder import find_track, folder_findings, log_files
-from harness.lint import lint_files
+from harness.check.folder import find_track, folder_findings, log_files
+from harness.check.lint import lint_files
 from harness.logs import read_log, tokenizer_of
 from harness.rules import Rules
-from harness.significance import parse_bpb_list, significance_findings
+from harness.check.significance import parse_bpb_list, significance_findings
 from harness.verdict import Verdict
 
 def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name: str | None = None,

@@ -22,7 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from harness.client.pgolf_events import AUDIT, AUDIT_HEAD, HEADER, JSON, MAX_PAYLOAD, PROTOCOL, RANGE, SCORES
-from harness.ledger import Ledger
+from harness.run.ledger import Ledger
 from harness.validation import errors
 
 MARKS = ("train_start", "train_end", "eval_start", "eval_end")

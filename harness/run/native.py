@@ -17,7 +17,7 @@ Deadline: SIGTERM to every process of the job (ranks can flush), `grace_s` later
 Afterwards /proc is scanned for anything of the job still alive (by tree, remembered pids and an
 environment marker); stragglers are killed and whatever still lives is reported as a survivor.
 
-This file is also the namespace's init: `python process.py --init FD NET HIDE -- CMD...` (stdlib only).
+This file is also the namespace's init: `python native.py --init FD NET HIDE -- CMD...` (stdlib only).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ seed again, so a rerun killed during seed 3 continues at seed 3 and never builds
 How close is close enough comes from rules.yaml's `reproduction` section, never from code: a seed
 further than `val_bpb_abs` from its claim is not reproduced (FAIL); times, steps and bytes outside
 their tolerances are warnings. The aggregate is the mean paired difference with a t interval, a
-two-sample Welch test claimed vs reproduced (harness.significance's), and, with --against, whether
+two-sample Welch test claimed vs reproduced (harness.check.significance's), and, with --against, whether
 the reproduced seeds still clear the significance policies.
 """
 from __future__ import annotations
@@ -27,19 +27,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import submission
+from harness.check import submission
 from harness.atomic import write_text_atomic
-from harness.budgets import score_eval_s
-from harness.check import resolve_frontier
-from harness.claims import SeedEvidence, match_seeds, pick_score
+from harness.check.budgets import score_eval_s
+from harness.check.checker import resolve_frontier
+from harness.check.claims import SeedEvidence, match_seeds, pick_score
 from harness.code import scan_code
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding, UsageError
-from harness.folder import find_track, log_files
+from harness.check.folder import find_track, log_files
 from harness.logs import read_log, tokenizer_of
 from harness.report import verdict_json
-from harness.rerun_report import render_html, render_markdown
+from harness.rerun.report import render_html, render_markdown
 from harness.rules import Rules, Track
-from harness.significance import compare, significance_findings
+from harness.check.significance import compare, significance_findings
 from harness.validation import errors
 from harness.verdict import Verdict
 
@@ -222,7 +222,7 @@ def set_aside(seed_dir: Path) -> Path:
 
 def run_seeds(request: RerunRequest, claimed: Claimed, seeds: list[int],
               rules: Rules) -> dict[int, tuple[Path, dict[str, Any]]]:
-    from harness.run import RunSpec, run_seed  # imports torch's runner and the event server: only runs need them
+    from harness.run.seed import RunSpec, run_seed  # imports torch's runner and the event server: only runs need them
 
     if not request.legacy and not claimed.speaks_protocol:
         raise UsageError(f"{claimed.folder}/train_gpt.py does not import pgolf_events, so it cannot run as separate "
@@ -332,7 +332,7 @@ def reproduced_numbers(seed_dir: Path, verdict: dict[str, Any], seed: int, rules
                            float(log.train_stop.value) / 1000 if log.train_stop else None,
                            score_eval_s(log, SeedEvidence(seed, log, pick_score(log, rules)))[0],
                            log.steps or (curve[-1][0] if curve else None), curve, str(seed_dir))
-    from harness.run import reported_steps  # the run folder's format is the runner's
+    from harness.run.seed import reported_steps  # the run folder's format is the runner's
 
     curve = loss_curve(seed_dir / "train.log")
     steps = reported_steps(seed_dir, facts, rules)

@@ -7,12 +7,12 @@ script edited after the run, or a helper file left out of the count, shows.
 """
 from __future__ import annotations
 
-from harness.claims import SeedEvidence
+from harness.check.claims import SeedEvidence
 from harness.code import CodeBytes
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding
 from harness.logs import LogEvidence, Seen
 from harness.rules import Rules, Track
-from harness.submission import FILE, Claims
+from harness.check.submission import FILE, Claims
 
 
 def _at(log: LogEvidence, seen: Seen | None) -> tuple[Evidence, ...]:

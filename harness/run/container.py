@@ -47,7 +47,7 @@ from typing import Any
 
 from harness.client import CLIENT_DIR
 from harness.findings import FAIL, INFO, Evidence, Finding, UsageError
-from harness.process import InterruptGate, PhaseProcess, out_no_routes, plant_tripwire, start_ticks, tripwire_read
+from harness.run.native import InterruptGate, PhaseProcess, out_no_routes, plant_tripwire, start_ticks, tripwire_read
 
 # where the job finds its folders inside the container
 CODE, DATA, ARTIFACT, EVENTS, CLIENT, SCRATCH = "/code", "/data", "/artifact", "/events", "/pgolf/client", "/tmp"

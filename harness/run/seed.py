@@ -27,21 +27,22 @@ from typing import Any
 
 import numpy as np
 
-from harness import budgets, container
+from harness.check import budgets
+from harness.run import container
 from harness.atomic import write_text_atomic
-from harness.claims import SeedEvidence, pick_score
+from harness.check.claims import SeedEvidence, pick_score
 from harness.client import CLIENT_DIR
 from harness.client.pgolf_events import audit_positions
 from harness.code import CodeScan, counted_bytes, scan_code
 from harness.data.shards import ShardError, read_tokens, train_shards, val_byte_sidecars, val_shards
-from harness.events import EventServer, Received
+from harness.run.events import EventServer, Received
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding, UsageError
-from harness.ledger import Ledger
+from harness.run.ledger import Ledger
 from harness.logs import read_log
-from harness.process import PhaseProcess, run_phase
+from harness.run.native import PhaseProcess, run_phase
 from harness.report import verdict_json
 from harness.rules import Rules, Track
-from harness.submission import Claims
+from harness.check.submission import Claims
 from harness.verdict import Verdict
 
 
@@ -59,7 +60,7 @@ class RunSpec:
     grace_s: float = 10.0
     echo: bool = True
     legacy: bool = False  # one job that trains and evaluates itself; its scores come from its own log
-    image: str | None = None  # run every job as its own container of this image (harness.container)
+    image: str | None = None  # run every job as its own container of this image (harness.run.container)
     gpus: int | None = None  # GPUs per container: None all (none on the CPU image)
     memory: str | None = None  # the container's memory limit, e.g. "8g"
 
@@ -141,7 +142,7 @@ def _phase(job: JobSpec, phase: PhaseSpec, name: str, code: Path, ledger: Ledger
 
 
 def _in_container(job: JobSpec, phase: PhaseSpec, name: str, code: Path, socket_path: Path | None) -> PhaseProcess:
-    """The same job as its own container (harness.container), told the paths it sees there;
+    """The same job as its own container (harness.run.container), told the paths it sees there;
     torchrun's --tee labels each line with its rank."""
     inside = PurePosixPath(container.EVENTS) / socket_path.name if socket_path else None
     env = _env(job, name, PurePosixPath(container.data_dir(phase.data)), PurePosixPath(container.ARTIFACT), inside,

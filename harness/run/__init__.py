@@ -1,0 +1,1 @@
+"""`pgolf run`: a submission as isolated, timed train and eval phases that the harness measures itself."""
