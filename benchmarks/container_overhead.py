@@ -19,10 +19,11 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
-from harness.run.container import ContainerJob, run_job
-from harness.run.native import run_phase
+from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, REPO
 from harness.rules import load_rules
+from harness.run.backend import Native
+from harness.run.container import Container, ContainerJob, run_job
+from harness.run.native import run_phase
 from harness.run.seed import RunSpec, run_seed
 
 BUDGET_S = 600.0
@@ -66,10 +67,10 @@ def engine_operations(image: str, repeat: int, tmp: Path) -> None:
 def phase_runs(image: str, tmp: Path) -> None:
     rules = load_rules()
     print("examples/tiny on the demo data (2 ranks): wall / marked / overhead (wall - marked), seconds")
-    for label, engine in (("native", {}), ("container", {"image": image})):
+    for label, backend in (("native", Native()), ("container", Container(image))):
         out = tmp / label / "seed_1"
         run_seed(RunSpec(REPO / "examples" / "tiny", DEMO_DATASET, DEMO_TOKENIZER, 1, 2, out, "track_10min_16mb",
-                         600, 600, 10, echo=False, **engine), rules)
+                         600, 600, 10, echo=False, backend=backend), rules)
         verdict = json.loads((out / "verdict.json").read_text())
         if verdict["status"] != "pass":
             print(f"  {label}: verdict {verdict['status']}: "

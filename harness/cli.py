@@ -10,7 +10,6 @@ import argparse
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 from harness import __version__
@@ -18,8 +17,10 @@ from harness.atomic import write_text_atomic
 from harness.check.checker import check_folder
 from harness.data.variants import DataError
 from harness.findings import UsageError
+from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, TINY_EXAMPLE, default_run_folder
 from harness.report import render_markdown, render_terminal, verdict_json
 from harness.rules import RulesError, load_rules
+from harness.run.container import DEFAULT_IMAGE
 
 EXIT = {"pass": 0, "warn": 0, "fail": 1}
 
@@ -37,11 +38,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT[verdict["status"]]
 
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_DATASET = REPO / "data/demo/datasets/fineweb10B_demo1024"
-DEMO_TOKENIZER = REPO / "data/demo/tokenizers/demo_1024_bpe.model"
-
-
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -52,49 +48,54 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-DEFAULT_IMAGE = "pgolf:cpu"  # tools/build-image cpu: the demo image, like run's other defaults
+def _backend(args: argparse.Namespace):
+    """Where the jobs run: natively, or with --container/--image/--gpus/--memory as containers."""
+    from harness.run.backend import Native
+    from harness.run.container import Container
 
-
-def _engine(args: argparse.Namespace) -> dict:
-    """RunSpec's container fields from --container/--image/--gpus/--memory."""
     if not args.container:
         given = [flag for flag, value in (("--image", args.image), ("--gpus", args.gpus), ("--memory", args.memory))
                  if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)}: only with --container")
-        return {}
+        return Native()
     if args.gpus is not None and args.gpus < 0:
         raise UsageError("--gpus must be 0 or more")
     if args.memory is not None and not re.fullmatch(r"[1-9][0-9]*[bkmg]?", args.memory.lower()):
         raise UsageError(f"--memory {args.memory}: expected bytes with an optional unit, e.g. 8g or 512m")
-    return {"image": args.image or DEFAULT_IMAGE, "gpus": args.gpus, "memory": args.memory}
+    return Container(args.image or DEFAULT_IMAGE, args.gpus, args.memory)
+
+
+def _folders(*pairs: tuple[Path, str]) -> None:
+    """Each (path, what) must be an existing folder: the one-line usage error otherwise."""
+    for path, what in pairs:
+        if not path.is_dir():
+            raise UsageError(f"{path}: no such {what}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.run.seed import RunSpec, run_seed  # imports numpy and the event server: only runs need them
 
     rules = load_rules(args.rules)
-    engine = _engine(args)
+    backend = _backend(args)
     rules.track(args.track)  # an unknown track stops here
-    for path, what in ((args.submission, "submission folder"), (args.data, "dataset folder")):
-        if not path.is_dir():
-            raise UsageError(f"{path}: no such {what}")
+    _folders((args.submission, "submission folder"), (args.data, "dataset folder"))
     if not args.tokenizer.is_file():
         raise UsageError(f"{args.tokenizer}: no such tokenizer file")
     if args.nproc < 1:
         raise UsageError("--nproc must be at least 1")
     limits = rules.hard_limits
-    out = args.out or REPO / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}_{args.submission.resolve().name}"
+    out = args.out or default_run_folder("", args.submission.resolve().name)
     worst = 0
     for seed in _seeds(args.seeds):
         spec = RunSpec(args.submission.resolve(), args.data.resolve(), args.tokenizer.resolve(), seed, args.nproc,
                        out.resolve() / f"seed_{seed}", args.track, args.train_limit or limits["train_s"],
                        args.eval_limit or limits["eval_s"], limits["grace_s"], echo=not args.quiet,
-                       legacy=args.legacy, **engine)
+                       legacy=args.legacy, backend=backend)
         try:
             verdict = run_seed(spec, rules).to_dict()
         except KeyboardInterrupt:
-            print(f"pgolf: interrupted; the running phase was stopped{' and its container removed' if engine else ''}"
+            print(f"pgolf: interrupted; the running phase was stopped{' and its container removed' if args.container else ''}"
                   f", {spec.out} is unfinished", file=sys.stderr)
             return 130
         if not args.quiet:
@@ -105,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from harness.run.container import clean
+    from harness.run.container import clean  # imports the Docker SDK: only this command needs it
 
     removed, in_use = clean()
     if not args.quiet:
@@ -120,28 +121,27 @@ def _limit(args: argparse.Namespace, rules, phase: str) -> float:
 
 
 def cmd_phase_train(args: argparse.Namespace) -> int:
-    from harness.run.seed import PhaseSpec, phase_succeeded, train_phase
+    from harness.run.phases import PhaseSpec, train_phase
+    from harness.run.seedfolder import ARTIFACT, phase_succeeded
 
     rules = load_rules(args.rules)
     rules.track(args.track)  # an unknown track stops here
-    for path, what in ((args.submission, "submission folder"), (args.data, "data folder")):
-        if not path.is_dir():
-            raise UsageError(f"{path}: no such {what}")
+    _folders((args.submission, "submission folder"), (args.data, "data folder"))
     if args.nproc < 1:
         raise UsageError("--nproc must be at least 1")
     out = args.out.resolve()
-    phase = PhaseSpec(out, args.data.resolve(), (args.artifact or out / "artifact").resolve(),
+    phase = PhaseSpec(out, args.data.resolve(), (args.artifact or out / ARTIFACT).resolve(),
                       _limit(args, rules, "train"), rules.hard_limits["grace_s"], echo=not args.quiet)
     record = train_phase(phase, args.submission.resolve(), args.seed, args.nproc, args.track, rules)
     return 0 if phase_succeeded(record, out) else 1
 
 
 def cmd_phase_eval(args: argparse.Namespace) -> int:
-    from harness.run.seed import PhaseSpec, artifact_of, eval_phase, phase_succeeded
+    from harness.run.phases import PhaseSpec, eval_phase
+    from harness.run.seedfolder import artifact_of, phase_succeeded
 
     rules = load_rules(args.rules)
-    if not args.data.is_dir():
-        raise UsageError(f"{args.data}: no such data folder")
+    _folders((args.data, "data folder"))
     out = args.out.resolve()
     phase = PhaseSpec(out, args.data.resolve(), (args.artifact or artifact_of(out)).resolve(),
                       _limit(args, rules, "eval"), rules.hard_limits["grace_s"], echo=not args.quiet)
@@ -150,10 +150,9 @@ def cmd_phase_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from harness.run.seed import verify
+    from harness.run.judge import verify
 
-    if not args.out.is_dir():
-        raise UsageError(f"{args.out}: no such seed folder")
+    _folders((args.out, "seed folder"))
     verdict = verify(args.out.resolve(), load_rules(args.rules)).to_dict()
     if not args.quiet:
         render_terminal(verdict, sys.stdout, verbose=args.verbose)
@@ -164,12 +163,12 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from harness.rerun.rerun import RerunRequest, rerun
     from harness.rerun.report import render_markdown as rerun_markdown
 
-    out = (args.out or REPO / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}_rerun_{args.folder.resolve().name}").resolve()
+    out = (args.out or default_run_folder("rerun_", args.folder.resolve().name)).resolve()
     request = RerunRequest(args.folder, out, args.data.resolve(), args.tokenizer.resolve(),
                            seeds=_seeds(args.seeds) if args.seeds else None, nproc=args.nproc, track=args.track,
                            legacy=args.legacy, resume=args.resume, merge=tuple(args.merge or ()),
                            against=args.against, train_limit_s=args.train_limit, eval_limit_s=args.eval_limit,
-                           echo=not args.quiet, engine=_engine(args))
+                           echo=not args.quiet, backend=_backend(args))
     try:
         verdict = rerun(request, load_rules(args.rules)).to_dict()
     except KeyboardInterrupt:
@@ -210,8 +209,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_data_views(args: argparse.Namespace) -> int:
     from harness.data.views import make_views
 
-    if not args.root.is_dir():
-        raise UsageError(f"{args.root}: no such data folder")
+    _folders((args.root, "data folder"))
     views = make_views(args.root, args.dataset, args.tokenizer)
     if not args.quiet:
         print(f"train view {views.train}\nval view   {views.val}")
@@ -241,8 +239,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 def cmd_data_verify(args: argparse.Namespace) -> int:
     from harness.data.verify import verify
 
-    if not args.folder.is_dir():
-        raise UsageError(f"{args.folder}: no such folder")
+    _folders((args.folder, "folder"))
     report = verify(args.folder, args.variant, args.tokenizer)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0 if report.ok else 1
@@ -298,7 +295,7 @@ def _parser() -> argparse.ArgumentParser:
                               "artifact) and eval phase (artifact + validation shards, no network) under torchrun; "
                               "the harness measures the clocks, counts the artifact bytes, computes val_bpb itself "
                               "and audits the score-first ledger. Defaults: the tiny example on the embedded demo data.")
-    run.add_argument("--submission", type=Path, default=REPO / "examples/tiny",
+    run.add_argument("--submission", type=Path, default=TINY_EXAMPLE,
                      help="folder with train_gpt.py (default: the tiny example; the reference submission is "
                           "submission/, its cpu-tiny preset on a machine without CUDA)")
     run.add_argument("--seeds", default="1", help="comma-separated seeds, one run each (default: 1)")

@@ -28,7 +28,7 @@ from harness.code import counted_bytes, scan_code
 from harness.findings import FAIL, UsageError
 from harness.check.folder import FOLDER_NAME
 from harness.rules import Rules
-from harness.run.seed import artifact_of, reported_steps
+from harness.run import seedfolder
 from harness.validation import load_schema
 
 SCORE_LABEL = "final_pgolf_roundtrip_exact"
@@ -56,11 +56,12 @@ def export_run(run: Path, name: str, rules: Rules, *, dest: Path | None = None, 
     dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=dest))
     try:
-        copied, skipped = _copy_code(run / f"seed_{min(seeds)}" / "code", tmp, rules)
+        copied, skipped = _copy_code(seedfolder.seed_folder(run, min(seeds)) / seedfolder.CODE, tmp, rules)
         code_bytes = counted_bytes(tmp, scan_code(tmp, rules), compressed=False, rules=rules).total
-        results = {seed: _seed_result(run / f"seed_{seed}", v, code_bytes, rules) for seed, v in seeds.items()}
+        results = {seed: _seed_result(seedfolder.seed_folder(run, seed), seed, v, code_bytes, rules)
+                   for seed, v in seeds.items()}
         for seed, r in results.items():
-            write_text_atomic(tmp / f"train_seed{seed}.log", _seed_log(run / f"seed_{seed}", seed, seeds[seed], r))
+            write_text_atomic(tmp / f"train_seed{seed}.log", _seed_log(seedfolder.seed_folder(run, seed), seed, seeds[seed], r))
         data = _submission(name, author, github_id, date, track, rules, results)
         write_text_atomic(tmp / "submission.json", json.dumps(data, indent=2) + "\n")
         write_text_atomic(tmp / "README.md", _readme(data, run, code_bytes, copied, skipped))
@@ -79,18 +80,11 @@ def _load_seeds(run: Path, force: bool) -> dict[int, dict[str, Any]]:
     if not run.is_dir():
         raise UsageError(f"{run}: no such run folder")
     seeds: dict[int, dict[str, Any]] = {}
-    for path in sorted(run.glob("seed_*/verdict.json")):
-        try:
-            verdict = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{path}: unreadable verdict ({exc})") from None
-        seed = path.parent.name.removeprefix("seed_")
-        if verdict.get("command") != "run" or not seed.isdigit():
-            raise UsageError(f"{path}: not a verdict of `pgolf run`")
-        if verdict.get("legacy"):
-            raise UsageError(f"{path.parent}: a --legacy run has no harness-measured score to export; "
+    for seed, (folder, verdict) in seedfolder.run_verdicts(run).items():
+        if seedfolder.is_legacy(verdict):
+            raise UsageError(f"{folder}: a --legacy run has no harness-measured score to export; "
                              "submit the script's own logs and let `pgolf check` judge them")
-        seeds[int(seed)] = verdict
+        seeds[seed] = verdict
     if not seeds:
         raise UsageError(f"{run}: no seed_<s>/verdict.json; pass the folder `pgolf run --out` wrote")
     failed = {s: next(f for f in v["findings"] if f["status"] == FAIL) for s, v in seeds.items() if v["status"] == FAIL}
@@ -102,7 +96,7 @@ def _load_seeds(run: Path, force: bool) -> dict[int, dict[str, Any]]:
     if missing:
         raise UsageError(f"seed {missing[0]} of {run} has no harness-computed val_bpb (its eval did not finish); "
                          "nothing to export for it")
-    return dict(sorted(seeds.items()))
+    return seeds
 
 
 def _copy_code(code: Path, tmp: Path, rules: Rules) -> tuple[list[str], list[str]]:
@@ -122,13 +116,12 @@ def _copy_code(code: Path, tmp: Path, rules: Rules) -> tuple[list[str], list[str
     return copied, skipped
 
 
-def _seed_result(seed_dir: Path, verdict: dict[str, Any], code_bytes: int, rules: Rules) -> dict[str, Any]:
+def _seed_result(seed_dir: Path, seed: int, verdict: dict[str, Any], code_bytes: int, rules: Rules) -> dict[str, Any]:
     """Per-seed numbers as the harness measured them: the marked spans when sent, else phase wall clocks."""
-    facts = verdict["seeds"][seed_dir.name.removeprefix("seed_")]
-    model = sum(p.stat().st_size for p in artifact_of(seed_dir).rglob("*") if p.is_file())
-    train_s = facts.get("train_marked_s") or facts["train_wall_s"]
-    eval_s = facts.get("eval_marked_s") or facts["eval_wall_s"]
-    steps = reported_steps(seed_dir, facts, rules)
+    facts = seedfolder.seed_facts(verdict, seed)
+    model = sum(p.stat().st_size for p in seedfolder.artifact_of(seed_dir).rglob("*") if p.is_file())
+    train_s, eval_s = seedfolder.train_seconds(facts), seedfolder.eval_seconds(facts)
+    steps = seedfolder.reported_steps(seed_dir, facts, rules)
     return {"val_bpb": round(facts["val_bpb"], 8), "val_loss": round(facts["val_loss"], 8),
             "artifact_bytes": model + code_bytes, "model_bytes": model, "code_bytes": code_bytes,
             "train_time_s": round(train_s, 3), "eval_time_s": round(eval_s, 3), "steps": steps}
@@ -155,7 +148,7 @@ def _seed_log(seed_dir: Path, seed: int, verdict: dict[str, Any], r: dict[str, A
         "The submission's own output, for reference only (prefixed, so no line below is read as evidence):",
     ]
     for phase in ("train", "eval"):
-        path = seed_dir / f"{phase}.log"
+        path = seedfolder.log_path(seed_dir, phase)
         text = path.read_text("utf-8", errors="replace") if path.is_file() else ""
         lines += [f"[{phase}] {line}" for line in text.splitlines()]
     return "\n".join(lines) + "\n"

@@ -66,6 +66,13 @@ class Finding:
             out["data"] = self.data
         return out
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        """A finding as to_dict wrote it (a phase record read back by verify)."""
+        return cls(d["check"], d["status"], d["code"], d["message"],
+                   tuple(Evidence(e["file"], e.get("line"), e.get("text")) for e in d.get("evidence", [])),
+                   d.get("seed"), d.get("data", {}))
+
 
 def overall_status(findings: list[Finding]) -> str:
     """fail if anything failed, warn if anything warned, else pass."""

@@ -24,13 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
+from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, REPO
 from harness.run.container import LABEL, ContainerJob, connect, container_config, prepare
 from harness.data.shards import train_shards, val_shards
 from harness.findings import UsageError
-from harness.run.native import start_ticks
+from harness.run.jobs import start_ticks
 from harness.rules import load_rules
-from harness.run.seed import PhaseSpec, RunSpec, eval_phase, run_seed, train_phase, verify
+from harness.run.container import Container
+from harness.run.judge import verify
+from harness.run.phases import PhaseSpec, eval_phase, train_phase
+from harness.run.seed import RunSpec, run_seed
 
 IMAGE = "pgolf:cpu"
 TINY = REPO / "examples" / "tiny"
@@ -149,7 +152,7 @@ def trained(engine, tmp_path_factory):
         mp.setenv("TINY_STEPS", "5")
         record = train_phase(PhaseSpec(seed_dir, train_view, seed_dir / "artifact", 300, 2, echo=False,
                                        hide=((DEMO_DATASET, _names(val_view)), (val_view, _names(val_view))),
-                                       image=IMAGE), TINY, 1, 2, TRACK, RULES)
+                                       backend=Container(IMAGE)), TINY, 1, 2, TRACK, RULES)
     assert record["process"]["returncode"] == 0, (seed_dir / "train.log").read_text()[-3000:]
     return seed_dir
 
@@ -162,7 +165,7 @@ def evaluate_copy(trained: Path, dest: Path, limit_s: float = 300):
     (dest / "phase_train.json").write_text(json.dumps(record))
     train_view = dest / "data" / "train"
     eval_phase(PhaseSpec(dest, dest / "data" / "val", dest / "artifact", limit_s, 2, echo=False,
-                         hide=((DEMO_DATASET, _names(train_view)), (train_view, _names(train_view))), image=IMAGE),
+                         hide=((DEMO_DATASET, _names(train_view)), (train_view, _names(train_view))), backend=Container(IMAGE)),
                RULES)
     return verify(dest, RULES)
 
@@ -241,7 +244,7 @@ def test_ranks_that_ignore_sigterm_go_with_the_container(engine, tmp_path):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     verdict = run_seed(RunSpec(CASES / "stubborn", DEMO_DATASET, DEMO_TOKENIZER, 1, 2, tmp_path / "seed_1", TRACK,
-                               30, 300, 2, echo=False, image=IMAGE), RULES)
+                               30, 300, 2, echo=False, backend=Container(IMAGE)), RULES)
     stop.set()
     watcher.join(10)
     timeout = finding(verdict, "phase.timeout")
@@ -255,7 +258,7 @@ def test_ranks_that_ignore_sigterm_go_with_the_container(engine, tmp_path):
 
 def test_out_of_memory_is_named_as_such(engine, tmp_path):
     verdict = run_seed(RunSpec(CASES / "hog", DEMO_DATASET, DEMO_TOKENIZER, 1, 1, tmp_path / "seed_1", TRACK, 300,
-                               300, 2, echo=False, image=IMAGE, memory="1g"), RULES)
+                               300, 2, echo=False, backend=Container(IMAGE, memory="1g")), RULES)
     oom = finding(verdict, "phase.oom")
     assert oom.status == "fail" and oom.data["phase"] == "train" and "out of memory" in oom.message
     assert oom.data["memory"] == 1 << 30

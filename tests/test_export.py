@@ -11,7 +11,7 @@ import pytest
 
 import harness.export
 from conftest import run_failures
-from harness.cli import REPO
+from harness.paths import REPO
 from harness.client import CLIENT_FILE
 from harness.export import export_run
 from harness.rules import load_rules

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
+from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, REPO
 from harness.rules import load_rules
 from harness.run.seed import RunSpec, run_seed
 

@@ -89,7 +89,7 @@ def test_torchrun_without_network_has_localhost_only(tmp_path, capsys):
         assert f"[eval] rank {rank} localhost: ping\n" in out
         if ENFORCED:
             assert f"[eval] rank {rank} internet: OSError: Network is unreachable\n" in out
-    assert result.isolation["network"] == ("disabled" if ENFORCED else "observed")
+    assert result.isolation["network"] == ("enforced" if ENFORCED else "observed")
     assert "rank 1 localhost: ping\n" in (tmp_path / "phase.log").read_text()
 
 
@@ -100,7 +100,7 @@ def test_network_disabled_in_plain_job(tmp_path):
     assert result.returncode == 0 and "solo localhost: ping" in log
     if ENFORCED:
         assert "solo internet: OSError: Network is unreachable" in log
-        assert result.isolation == {"pid_namespace": "enforced", "network": "disabled"}
+        assert result.isolation == {"pid_namespace": "enforced", "network": "enforced"}
 
 
 @MODES
@@ -117,7 +117,7 @@ def test_exit_code_output_and_wall_time(tmp_path, capsys, isolate):
     assert (tmp_path / "phase.log").read_text().splitlines()[-1] == "err line"
     assert 0.5 <= result.wall_s < 2.5 and result.wall_s == pytest.approx(result.ended - result.started)
     assert result.isolation["pid_namespace"] == ("enforced" if isolate and ENFORCED else "observed")
-    assert result.isolation["network"] == "enabled"
+    assert result.isolation["network"] == "not enforced"
 
 
 @MODES

@@ -23,8 +23,9 @@ import yaml
 from scipy import stats
 
 from conftest import run_failures
-from harness.cli import REPO
-from harness.rerun.rerun import finished_seed, loss_curve
+from harness.paths import REPO
+from harness.rerun.rerun import loss_curve
+from harness.run.seedfolder import finished_verdict
 from harness.rules import load_rules
 
 TINY = {"TINY_STEPS": "40"}  # prints the loss at steps 1, 20 and 40: a three-point curve per seed
@@ -178,8 +179,8 @@ def test_a_killed_rerun_resumes_at_the_unfinished_seed_and_never_reuses_it(claim
     finally:
         _kill_all(token)
     proc.wait(timeout=30)
-    assert finished_seed(out / "seed_1", 1) is not None
-    assert (out / "seed_2").is_dir() and finished_seed(out / "seed_2", 2) is None
+    assert finished_verdict(out / "seed_1", 1) is not None
+    assert (out / "seed_2").is_dir() and finished_verdict(out / "seed_2", 2) is None
     first = (out / "seed_1" / "verdict.json").stat()
 
     again = pgolf("rerun", folder, "--out", out, "-q", env=TINY)
@@ -201,7 +202,7 @@ def test_a_killed_rerun_resumes_at_the_unfinished_seed_and_never_reuses_it(claim
     assert not list(out.glob("seed_1.incomplete-*"))
     aside = out / "seed_2.incomplete-1"  # the killed attempt, set aside whole and never reused
     assert (aside / "train.log").is_file() and not (aside / "verdict.json").exists()
-    assert finished_seed(out / "seed_2", 2) is not None
+    assert finished_verdict(out / "seed_2", 2) is not None
     verdict = json.loads((out / "verdict.json").read_text())
     assert {s: row["outcome"] for s, row in verdict["seeds"].items()} == {"1": "reproduced", "2": "reproduced"}
     assert verdict["seeds"]["2"]["folder"] == str(out / "seed_2")
@@ -315,9 +316,9 @@ def test_only_a_valid_verdict_of_that_seed_counts_as_finished(claimed, tmp_path)
     for name, text in cases.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "verdict.json").write_text(text)
-        assert finished_seed(tmp_path / name, 1) is None, name
-    assert finished_seed(tmp_path / "absent", 1) is None
-    assert finished_seed(run / "seed_1", 1) == good
+        assert finished_verdict(tmp_path / name, 1) is None, name
+    assert finished_verdict(tmp_path / "absent", 1) is None
+    assert finished_verdict(run / "seed_1", 1) == good
 
 
 def test_loss_curves_of_real_record_logs(tmp_path):

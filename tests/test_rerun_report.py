@@ -18,7 +18,7 @@ import pytest
 from test_rerun import TINY, perturb, pgolf
 
 from conftest import run_failures
-from harness.cli import REPO
+from harness.paths import REPO
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
+from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, REPO
 from harness.findings import UsageError
 from harness.run.seed import RunSpec, run_seed
 

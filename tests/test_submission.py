@@ -16,7 +16,7 @@ import sentencepiece as spm
 import torch
 
 from harness.check.checker import check_folder
-from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
+from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, REPO
 from harness.code import counted_bytes, scan_code
 from harness.data.shards import read_tokens, train_shards, val_shards
 from harness.logs import read_log

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from harness.check.claims import pick_score
-from harness.cli import DEMO_DATASET, DEMO_TOKENIZER, REPO
+from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, REPO
 from harness.code import counted_bytes, scan_code
 from harness.logs import read_log
 

@@ -23,7 +23,7 @@ import math
 import os
 import re
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,9 @@ from harness.logs import read_log, tokenizer_of
 from harness.report import verdict_json
 from harness.rerun.report import render_html, render_markdown
 from harness.rules import Rules, Track
+from harness.run import seedfolder
+from harness.run.backend import Backend, Native
 from harness.check.significance import compare, significance_findings
-from harness.validation import errors
 from harness.verdict import Verdict
 
 PLAN = "rerun.json"  # the options a rerun folder was started with; --resume must repeat them
@@ -88,7 +89,7 @@ class RerunRequest:
     train_limit_s: float | None = None
     eval_limit_s: float | None = None
     echo: bool = True
-    engine: dict[str, Any] = field(default_factory=dict)  # RunSpec's container fields (image, gpus, memory); {}: native
+    backend: Backend = Native()  # where each seed's jobs run
 
 
 def rerun(request: RerunRequest, rules: Rules) -> Verdict:
@@ -97,7 +98,7 @@ def rerun(request: RerunRequest, rules: Rules) -> Verdict:
     seeds = _chosen(request.seeds, claimed)
     frontier, source = resolve_frontier(request.against, rules, "historic")  # a bad --against fails before any run
     if request.merge:
-        if request.resume or request.legacy or request.engine:
+        if request.resume or request.legacy or request.backend.settings():
             raise UsageError("--merge runs nothing: --resume, --legacy and --container do not apply (each seed folder "
                              "says how it ran)")
         runs = merged_seeds(request.merge, seeds)
@@ -198,28 +199,6 @@ def _chosen(requested: list[int] | None, claimed: Claimed) -> list[int]:
 
 # --- running and resuming -----------------------------------------------------------------------
 
-def finished_seed(seed_dir: Path, seed: int) -> dict[str, Any] | None:
-    """The run verdict when the folder holds a finished run of that seed, else None."""
-    try:
-        verdict = json.loads((seed_dir / "verdict.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    if next(errors("urn:pgolf:verdict", verdict), None) is not None:
-        return None
-    if verdict["command"] != "run" or str(seed) not in verdict.get("seeds", {}):
-        return None
-    return verdict
-
-
-def set_aside(seed_dir: Path) -> Path:
-    """Rename an unfinished seed folder to the first free seed_<s>.incomplete-<n>; it is never reused."""
-    n = 1
-    while (aside := seed_dir.with_name(f"{seed_dir.name}.incomplete-{n}")).exists():
-        n += 1
-    seed_dir.rename(aside)
-    return aside
-
-
 def run_seeds(request: RerunRequest, claimed: Claimed, seeds: list[int],
               rules: Rules) -> dict[int, tuple[Path, dict[str, Any]]]:
     from harness.run.seed import RunSpec, run_seed  # imports torch's runner and the event server: only runs need them
@@ -239,21 +218,21 @@ def run_seeds(request: RerunRequest, claimed: Claimed, seeds: list[int],
     plan = {"submission": str(claimed.folder), "seeds": seeds, "nproc": nproc, "legacy": request.legacy,
             "dataset": str(request.dataset), "tokenizer": str(request.tokenizer), "track": claimed.track,
             "train_limit_s": request.train_limit_s or limits["train_s"],
-            "eval_limit_s": request.eval_limit_s or limits["eval_s"], "container": request.engine or None}
+            "eval_limit_s": request.eval_limit_s or limits["eval_s"], "container": request.backend.settings()}
     _open_rundir(request.out, plan, request.resume)
     runs = {}
     for seed in seeds:
-        seed_dir = request.out / f"seed_{seed}"
-        verdict = finished_seed(seed_dir, seed)
+        seed_dir = seedfolder.seed_folder(request.out, seed)
+        verdict = seedfolder.finished_verdict(seed_dir, seed)
         if verdict is None:
             if seed_dir.exists():
-                aside = set_aside(seed_dir)
+                aside = seedfolder.set_aside(seed_dir)
                 _say(request, f"seed {seed}: unfinished folder set aside as {aside.name}")
             _say(request, f"seed {seed}: running into {seed_dir}")
             run_seed(RunSpec(claimed.folder, request.dataset, request.tokenizer, seed, nproc, seed_dir, claimed.track,
                              plan["train_limit_s"], plan["eval_limit_s"], limits["grace_s"], echo=request.echo,
-                             legacy=request.legacy, **request.engine), rules)
-            verdict = finished_seed(seed_dir, seed)  # read back: one definition of finished, here and on resume
+                             legacy=request.legacy, backend=request.backend), rules)
+            verdict = seedfolder.finished_verdict(seed_dir, seed)  # read back: one definition of finished, here and on resume
             if verdict is None:
                 raise AssertionError(f"{seed_dir}: the runner returned without a valid verdict.json")
         else:
@@ -311,8 +290,8 @@ def merged_seeds(folders: tuple[Path, ...], seeds: list[int]) -> dict[int, tuple
         if not folder.is_dir():
             raise UsageError(f"--merge {folder}: no such folder")
         for seed in seeds:
-            seed_dir = folder.resolve() / f"seed_{seed}"
-            verdict = finished_seed(seed_dir, seed)
+            seed_dir = seedfolder.seed_folder(folder.resolve(), seed)
+            verdict = seedfolder.finished_verdict(seed_dir, seed)
             if verdict is None:
                 continue
             if seed in found:
@@ -324,21 +303,19 @@ def merged_seeds(folders: tuple[Path, ...], seeds: list[int]) -> dict[int, tuple
 
 def reproduced_numbers(seed_dir: Path, verdict: dict[str, Any], seed: int, rules: Rules) -> SeedNumbers:
     """What the run measured; a --legacy run's numbers are the script's own, read from its log as check reads them."""
-    facts = verdict["seeds"][str(seed)]
-    if verdict.get("legacy"):
-        log = read_log(seed_dir / "legacy.log", seed_dir, rules)
-        curve = loss_curve(seed_dir / "legacy.log")
+    facts = seedfolder.seed_facts(verdict, seed)
+    if seedfolder.is_legacy(verdict):
+        legacy_log = seedfolder.log_path(seed_dir, seedfolder.LEGACY_PHASE)
+        log = read_log(legacy_log, seed_dir, rules)
+        curve = loss_curve(legacy_log)
         return SeedNumbers(facts.get("logged_val_bpb"), facts.get("logged_artifact_bytes"),
                            float(log.train_stop.value) / 1000 if log.train_stop else None,
                            score_eval_s(log, SeedEvidence(seed, log, pick_score(log, rules)))[0],
                            log.steps or (curve[-1][0] if curve else None), curve, str(seed_dir))
-    from harness.run.seed import reported_steps  # the run folder's format is the runner's
-
-    curve = loss_curve(seed_dir / "train.log")
-    steps = reported_steps(seed_dir, facts, rules)
+    curve = loss_curve(seedfolder.log_path(seed_dir, "train"))
+    steps = seedfolder.reported_steps(seed_dir, facts, rules)
     return SeedNumbers(facts.get("val_bpb"), facts.get("artifact_bytes") or None,
-                       facts.get("train_marked_s") or facts.get("train_wall_s"),
-                       facts.get("eval_marked_s") or facts.get("eval_wall_s"),
+                       seedfolder.train_seconds(facts), seedfolder.eval_seconds(facts),
                        steps or (curve[-1][0] if curve else None), curve, str(seed_dir))
 
 
@@ -389,7 +366,7 @@ def judge(claimed: Claimed, seeds: list[int], runs: dict[int, tuple[Path, dict[s
 def _run_findings(seed: int, run: dict[str, Any], seed_dir: Path) -> list[Finding]:
     """The seed's own run verdict: a failed run (a crash, a ledger breach, over a limit) reproduces nothing;
     its warnings (e.g. what --legacy leaves unenforced) are named for the reviewer."""
-    where = (Evidence(str(seed_dir / "verdict.json")),)
+    where = (Evidence(str(seed_dir / seedfolder.VERDICT)),)
     failed = [f for f in run["findings"] if f["status"] == FAIL]
     if failed:
         listed = "; ".join(f"{f['code']} ({f['message']})" for f in failed[:3]) + (" ..." if len(failed) > 3 else "")
@@ -406,7 +383,7 @@ def _score_findings(seed: int, claim: SeedNumbers, got: SeedNumbers, spread: flo
                     tol: dict[str, float], seed_dir: Path) -> tuple[list[Finding], str]:
     if got.val_bpb is None:
         return [Finding("rerun", FAIL, "rerun.no_score", f"seed {seed}: the rerun produced no val_bpb "
-                        f"(see {seed_dir})", (Evidence(str(seed_dir / "verdict.json")),), seed=seed)], "no_score"
+                        f"(see {seed_dir})", (Evidence(str(seed_dir / seedfolder.VERDICT)),), seed=seed)], "no_score"
     delta = got.val_bpb - claim.val_bpb
     units = delta / spread if spread else None
     in_std = f"{units:+.2f} claimed std" if units is not None else "claimed std unknown: fewer than 2 distinct seeds"
@@ -414,7 +391,7 @@ def _score_findings(seed: int, claim: SeedNumbers, got: SeedNumbers, spread: flo
                f"(Δ {delta:+.8f} BPB, {in_std})")
     data = {"claimed": claim.val_bpb, "reproduced": got.val_bpb, "delta": delta, "delta_claimed_std": units,
             "tolerance_abs": tol["val_bpb_abs"], "tolerance_claimed_std": tol["val_bpb_claimed_std"]}
-    where = (Evidence(claim.source), Evidence(str(seed_dir / "verdict.json")))
+    where = (Evidence(claim.source), Evidence(str(seed_dir / seedfolder.VERDICT)))
     if abs(delta) > tol["val_bpb_abs"] + 1e-12:
         return [Finding("rerun", FAIL, "rerun.not_reproduced", f"{numbers}: not reproduced, beyond the "
                         f"±{tol['val_bpb_abs']:g} BPB tolerance", where, seed=seed, data=data)], "not_reproduced"

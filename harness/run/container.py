@@ -40,17 +40,21 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harness.client import CLIENT_DIR
 from harness.findings import FAIL, INFO, Evidence, Finding, UsageError
-from harness.run.native import InterruptGate, PhaseProcess, out_no_routes, plant_tripwire, start_ticks, tripwire_read
+from harness.run.backend import PhaseJob, job_environment, torchrun
+from harness.run.isolation import ENFORCED, NOT_ENFORCED
+from harness.run.jobs import InterruptGate, Output, PhaseProcess, start_ticks, supervise
+from harness.run.nsinit import out_no_routes, plant_tripwire, tripwire_read
 
 # where the job finds its folders inside the container
 CODE, DATA, ARTIFACT, EVENTS, CLIENT, SCRATCH = "/code", "/data", "/artifact", "/events", "/pgolf/client", "/tmp"
+DEFAULT_IMAGE = "pgolf:cpu"  # tools/build-image cpu: the demo image, like run's other defaults
 LABEL = "org.pgolf"  # label prefix; a container is pgolf's when it carries LABEL.run
 NOBODY = "65534:65534"  # the job's user when the harness runs as root
 PIDS_LIMIT = 16384  # 8 ranks with compile workers and their threads stay far below; a fork bomb does not
@@ -99,13 +103,44 @@ class ContainerProcess(PhaseProcess):
     """A phase that ran in a container: the native facts plus the engine's evidence."""
     engine: dict[str, Any] = field(default_factory=dict)
 
+    def backend_facts(self) -> dict[str, Any]:
+        return {"container": self.engine}  # the engine's clocks, image and inspected configuration
+
+    def backend_findings(self, phase: str) -> list[Finding]:
+        return engine_findings(phase, self)
+
+
+@dataclass(frozen=True)
+class Container:
+    """The back end of `--container`: every phase's job as its own container of `image`."""
+    image: str = DEFAULT_IMAGE
+    gpus: int | None = None  # GPUs per container: None all (none on the CPU image)
+    memory: str | None = None  # the container's memory limit, e.g. "8g"
+
+    def prepare(self, echo: bool) -> Container:
+        """The engine answers and the image exists; every phase of the seed then runs this very image (its ID)."""
+        return replace(self, image=prepare(self.image, self.gpus, echo))
+
+    def run_job(self, job: PhaseJob) -> ContainerProcess:
+        """The job told the paths it sees in the container; torchrun's --tee labels each line with its rank."""
+        inside = PurePosixPath(EVENTS) / job.events.name if job.events else None
+        env = job_environment(job, PurePosixPath(data_dir(job.data)), PurePosixPath(ARTIFACT), inside,
+                              PurePosixPath(CLIENT), passed_environment(dict(os.environ)))
+        return run_job(ContainerJob(
+            self.image, job.phase, torchrun(job.nproc, "python3", "--tee", "3"), env, job.code, job.data,
+            job.artifact, job.events.parent if job.events else None, job.log, job.limit_s, job.grace_s,
+            {"run": job.run, "seed": str(job.seed)}, self.gpus, self.memory, job.echo, job.hide))
+
+    def settings(self) -> dict[str, Any]:
+        return {"image": self.image, "gpus": self.gpus, "memory": self.memory}
+
 
 def data_dir(view: Path) -> str:
     """Where a data view appears inside the container: /data/<view folder name>."""
     return f"{DATA}/{view.name}"
 
 
-def job_environment(environ: dict[str, str]) -> dict[str, str]:
+def passed_environment(environ: dict[str, str]) -> dict[str, str]:
     """The host's variables a job may see (a submission's hyperparameters travel this way)."""
     return {k: v for k, v in environ.items() if k not in HOST_ONLY and not k.startswith(HOST_ONLY_PREFIXES)}
 
@@ -332,11 +367,12 @@ class _Watch:
     """One running container: its output, its clock, its deadline and its network counters."""
 
     def __init__(self, container, job: ContainerJob, log):
-        self.container, self.job, self.log = container, job, log
+        self.container, self.job = container, job
+        self.output = Output(log, job.echo)
         self.started = self.ended = self.sigterm_at = self.pid = None
         self.timed_out = self.waiting = False
         self.exited = threading.Event()
-        self.lines, self.refused_writes = 0, []
+        self.refused_writes = []
         self.read_only = [data_dir(job.data), CLIENT] + ([CODE] if job.phase != "legacy" else []) \
             + ([ARTIFACT] if job.phase == "eval" else [])
         self.net_before = self.net_last = None
@@ -362,7 +398,7 @@ class _Watch:
         self.pump.start()
         threading.Thread(target=self._wait, daemon=True).start()
         self.waiting = True
-        self._supervise()
+        self.timed_out = supervise(self, self.job.limit_s, self.job.grace_s, TICK_S)
 
     def _wait(self) -> None:
         try:
@@ -372,18 +408,21 @@ class _Watch:
         self.ended = time.monotonic()
         self.exited.set()
 
-    def _supervise(self) -> None:
-        """SIGTERM at the limit (the init forwards it to torchrun), SIGKILL to the container after the grace."""
-        limit_at = self.started + self.job.limit_s
-        while not self.exited.wait(TICK_S):
-            counted = out_no_routes(self.pid)
-            self.net_last = counted if counted is not None else self.net_last
-            now = time.monotonic()
-            if self.sigterm_at is None and now >= limit_at:
-                self.sigterm_at, self.timed_out = now, True
-                _kill(self.container, "SIGTERM")
-            elif self.sigterm_at is not None and now >= self.sigterm_at + self.job.grace_s:
-                _kill(self.container, "SIGKILL")
+    def wait(self, timeout: float | None) -> bool:
+        return self.exited.wait(timeout)
+
+    def terminate(self) -> None:
+        """At the limit: SIGTERM, which the container's init forwards to torchrun."""
+        self.sigterm_at = time.monotonic()
+        _kill(self.container, "SIGTERM")
+
+    def kill(self) -> None:
+        _kill(self.container, "SIGKILL")
+
+    def tick(self) -> None:
+        """Keep the container's network counter current: it is gone once the container is."""
+        counted = out_no_routes(self.pid)
+        self.net_last = counted if counted is not None else self.net_last
 
     def _pump(self, stream) -> None:
         """Copy the output to the phase log as the job wrote it, and to the terminal prefixed by phase
@@ -406,15 +445,9 @@ class _Watch:
     def _line(self, line: bytes) -> None:
         tee = _TEE.match(line)
         body = line[tee.end():] if tee else line
-        self.log.write(body)
-        self.log.flush()
-        self.lines += 1
+        self.output.line(body, f"[{self.job.phase}:{int(tee.group(1))}] " if tee else f"[{self.job.phase}] ")
         if len(self.refused_writes) < 5 and self._refused(body):
-            self.refused_writes.append({"line": self.lines, "text": body.decode("utf-8", "replace").strip()})
-        if self.job.echo:
-            prefix = f"[{self.job.phase}:{int(tee.group(1))}] " if tee else f"[{self.job.phase}] "
-            sys.stdout.write(prefix + body.decode("utf-8", "replace"))
-            sys.stdout.flush()
+            self.refused_writes.append({"line": self.output.lines, "text": body.decode("utf-8", "replace").strip()})
 
     def _refused(self, line: bytes) -> bool:
         denied = _DENIED.search(line)
@@ -496,9 +529,9 @@ def _evidence(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _isolation(job: ContainerJob, evidence: dict[str, Any], tripwires: set[str]) -> dict[str, str]:
-    """Each guarantee as the inspected container shows it: enforced (or disabled, for the network)."""
+    """Each guarantee (harness.run.isolation) as the inspected container shows it."""
     def state(ok: bool) -> str:
-        return "enforced" if ok else "not enforced"
+        return ENFORCED if ok else NOT_ENFORCED
 
     mounts = {m["target"]: m for m in evidence["mounts"]}
     user = (evidence["user"] or "").split(":")[0]
@@ -506,7 +539,7 @@ def _isolation(job: ContainerJob, evidence: dict[str, Any], tripwires: set[str])
     sources = [Path(m["source"]) for t, m in mounts.items() if t not in tripwires and m["source"]]
     exposed = [s for s in sources if any(h == s or s in h.parents or h in s.parents for h in hidden)]
     out = {"pid_namespace": state(evidence["pid_mode"] in ("", "private")),
-           "network": "disabled" if evidence["network_mode"] == "none" else "enabled",
+           "network": state(evidence["network_mode"] == "none"),
            "non_root_user": state(user not in ("", "0", "root")),
            "all_capabilities_dropped": state("ALL" in (evidence["cap_drop"] or []) and not evidence["cap_add"]
                                              and not evidence["privileged"]),

@@ -1,0 +1,172 @@
+"""The train and eval phases of one seed, each a command of its own (`pgolf phase train|eval`).
+
+A phase stages what its job may see, runs the job on a back end (harness.run.backend) with the
+event server listening, judges what it can judge at once (clocks, process, isolation, ledger,
+val_bpb) and writes its record into the seed folder (harness.run.seedfolder). `pgolf verify`
+(harness.run.judge) assembles the verdict from the records, so a container engine can run every
+phase in its own container.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.client.pgolf_events import audit_positions
+from harness.code import CodeScan, scan_code
+from harness.data.shards import ShardError, read_tokens, train_shards, val_byte_sidecars, val_shards
+from harness.findings import FAIL, Finding, UsageError
+from harness.rules import Rules
+from harness.run import judge, seedfolder
+from harness.run.backend import Backend, Native, PhaseJob
+from harness.run.events import EventServer, Received
+from harness.run.jobs import PhaseProcess
+from harness.run.ledger import Ledger
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One phase of one seed, as `pgolf phase` runs it: `data` is the folder the job sees as DATA_PATH."""
+    out: Path          # the seed's folder: code/, phase records, logs
+    data: Path
+    artifact: Path     # PGOLF_ARTIFACT_DIR: written by train, read-only in eval
+    limit_s: float
+    grace_s: float = 10.0
+    echo: bool = True
+    hide: tuple[tuple[Path, tuple[str, ...]], ...] = ()  # folders the job must not read, with their file names
+    backend: Backend = Native()
+
+
+def data_view(out: Path, name: str, shards: list[Path], tokenizer: Path) -> Path:
+    """A folder with only the given shards and the tokenizer: all a phase's DATA_PATH shows."""
+    folder = out / seedfolder.DATA / name
+    folder.mkdir(parents=True)
+    for path in [*shards, tokenizer]:
+        try:
+            os.link(path, folder / path.name)
+        except OSError:
+            shutil.copy2(path, folder / path.name)
+    return folder
+
+
+def tokenizer_in(data: Path) -> Path:
+    models = sorted(data.glob("*.model"))
+    if len(models) != 1:
+        raise UsageError(f"{data}: expected exactly one SentencePiece *.model beside the shards, found "
+                         f"{len(models)}")
+    return models[0]
+
+
+def stage(out: Path, submission: Path, rules: Rules) -> tuple[Path, CodeScan, dict[str, str]]:
+    """Copy the code the job runs from and fingerprint it, so anything a job writes beside the
+    artifact shows."""
+    code = out / seedfolder.CODE
+    shutil.copytree(submission, code, ignore=shutil.ignore_patterns("*.log", "__pycache__"))
+    return code, scan_code(code, rules), fingerprint(code)
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _run(phase: PhaseSpec, name: str, seed: int, nproc: int, tokenizer: str, code: Path,
+         ledger: Ledger | None) -> tuple[PhaseProcess, Received]:
+    """The phase's job on its back end, with the event server listening (and the ledger judging, in eval)."""
+    with tempfile.TemporaryDirectory(prefix="pgolf-") as sockets:  # AF_UNIX paths must stay short
+        socket_path = Path(sockets) / "events.sock"
+        with seedfolder.events_path(phase.out, name).open("w", encoding="utf-8") as log:
+            server = EventServer(socket_path, log, ledger)
+            with server:
+                process = phase.backend.run_job(PhaseJob(
+                    name, seed, nproc, tokenizer, code, phase.data, phase.artifact, socket_path,
+                    seedfolder.log_path(phase.out, name), phase.limit_s, phase.grace_s, phase.echo, phase.hide,
+                    str(phase.out.parent)))
+    return process, server.received
+
+
+def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track: str, rules: Rules) -> dict[str, Any]:
+    """Copy the code into the seed folder and run the train job; return (and write) its record."""
+    if not (submission / "train_gpt.py").is_file():
+        raise UsageError(f"{submission}: no train_gpt.py to run")
+    if val_shards(phase.data):
+        raise UsageError(f"{phase.data}: holds validation shards; the train phase's DATA_PATH must hold only "
+                         "training shards and the tokenizer")
+    tokenizer = tokenizer_in(phase.data)
+    try:
+        phase.out.mkdir(parents=True, exist_ok=True)
+        phase.artifact.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {exc.filename}: {exc.strerror}") from None
+    if seedfolder.record_path(phase.out, "train").exists() or (phase.out / seedfolder.CODE).exists():
+        raise UsageError(f"{phase.out} already holds a train phase; pgolf never overwrites a run")
+    if any(phase.artifact.iterdir()):
+        raise UsageError(f"{phase.artifact}: the artifact folder must start empty")
+    code, scan, before = stage(phase.out, submission, rules)
+    process, got = _run(phase, "train", seed, nproc, tokenizer.name, code, None)
+    marked = judge.span(got, "train_start", "train_end")
+    findings = judge.process_findings("train", process, got, phase.limit_s)
+    findings += judge.time_findings("train", marked, rules.tracks[track].train_limit_s, "train_time")
+    if fingerprint(code) != before:
+        findings.append(Finding("isolation", FAIL, "isolation.code_modified", "the train phase changed files in the "
+                                "code folder: only PGOLF_ARTIFACT_DIR may carry state to evaluation"))
+    record = {"phase": "train", "seed": seed, "nproc": nproc, "track": track, "submission": str(submission),
+              "artifact": seedfolder.portable(phase.artifact, phase.out), "tokenizer": tokenizer.name,
+              "limit_s": phase.limit_s, "steps": max(got.steps.values(), default=None),
+              "process": judge.process_facts(process, marked), "findings": [f.to_dict() for f in findings]}
+    seedfolder.write_record(phase.out, "train", record)
+    return record
+
+
+def eval_phase(phase: PhaseSpec, rules: Rules) -> dict[str, Any]:
+    """Run the eval job on the artifact the train phase left, with the ledger; return (and write) its record."""
+    train = seedfolder.read_record(phase.out, "train")
+    if train is None:
+        raise UsageError(f"{phase.out}: no phase_train.json; run `pgolf phase train` first")
+    if seedfolder.record_path(phase.out, "eval").exists():
+        raise UsageError(f"{phase.out} already holds an eval phase; pgolf never overwrites a run")
+    if train_shards(phase.data):
+        raise UsageError(f"{phase.data}: holds training shards; the eval phase's DATA_PATH must hold only "
+                         "validation shards and the tokenizer")
+    tokenizer = tokenizer_in(phase.data)
+    if not seedfolder.phase_succeeded(train, phase.out):
+        record = {"phase": "eval", "skipped": True, "findings": [Finding(
+            "phase", FAIL, "phase.eval_skipped", "evaluation did not run: training failed or left no "
+            "artifact").to_dict()]}
+        seedfolder.write_record(phase.out, "eval", record)
+        return record
+    try:
+        val_paths, sidecars = val_shards(phase.data), val_byte_sidecars(phase.data)
+        tokens = read_tokens(val_paths)
+        sidecar = read_tokens(sidecars) if sidecars else None
+    except (ShardError, OSError) as exc:
+        raise UsageError(f"cannot read the validation shards in {phase.data}: {exc}") from None
+    artifact_before = fingerprint(phase.artifact)
+    for path in [phase.artifact, *phase.artifact.rglob("*")]:
+        try:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        except OSError:  # a read-only mount (the container back ends): already read-only
+            pass
+    ledger = Ledger(tokens, audit_positions(train["seed"], len(tokens)))
+    process, got = _run(phase, "eval", train["seed"], train["nproc"], tokenizer.name, phase.out / seedfolder.CODE,
+                        ledger)
+    marked = judge.span(got, "eval_start", "eval_end")
+    findings = judge.process_findings("eval", process, got, phase.limit_s)
+    findings += judge.time_findings("eval", marked, rules.tracks[train["track"]].eval_limit_s, "eval_time")
+    findings += ledger.findings()
+    if fingerprint(phase.artifact) != artifact_before:
+        findings.append(Finding("isolation", FAIL, "isolation.artifact_modified",
+                                "the eval phase changed the artifact it was given read-only"))
+    facts: dict[str, Any] = {}
+    if process.returncode == 0:
+        metric, facts = judge.metric_findings(ledger, tokens, tokenizer, sidecar, got)
+        findings += metric
+    record = {"phase": "eval", "skipped": False, "limit_s": phase.limit_s,
+              "process": judge.process_facts(process, marked), "metric": facts,
+              "findings": [f.to_dict() for f in findings]}
+    seedfolder.write_record(phase.out, "eval", record)
+    return record

@@ -1,0 +1,152 @@
+"""The seed folder a run writes: its layout, its phase records and the facts its verdict carries.
+
+Everything that reads or writes a seed folder — the phases, `pgolf verify`, `--legacy`, rerun and
+export — goes through this module, so each name and fact key is spelled once. The verdict schema
+lists the per-seed facts of a run (`$defs/run_seed_facts`, no other keys), so a renamed key fails
+where the verdict is written, not later when rerun or export read it.
+
+    RUN/seed_<s>/
+      code/                 the submission as the jobs ran it (copied before the train phase)
+      artifact/             PGOLF_ARTIFACT_DIR: written by train, read-only in eval
+      data/train, data/val  the phases' data views (a native run's DATA_PATH)
+      phase_train.json      each phase's record: process facts and findings
+      phase_eval.json
+      train.log, eval.log   the jobs' output (legacy.log for a --legacy run)
+      events_<phase>.jsonl  what the submission told the event server
+      verdict.json          written last, atomically: its presence marks the seed finished
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.atomic import write_text_atomic
+from harness.findings import UsageError
+from harness.logs import read_log
+from harness.rules import Rules
+from harness.validation import errors
+
+CODE, ARTIFACT, DATA = "code", "artifact", "data"
+VERDICT = "verdict.json"
+LEGACY_PHASE = "legacy"  # the one job of a --legacy run; its output is legacy.log
+
+
+def seed_folder(run: Path, seed: int) -> Path:
+    return run / f"seed_{seed}"
+
+
+def log_path(out: Path, phase: str) -> Path:
+    """The job's own output: train.log, eval.log or legacy.log."""
+    return out / f"{phase}.log"
+
+
+def events_path(out: Path, phase: str) -> Path:
+    return out / f"events_{phase}.jsonl"
+
+
+def record_path(out: Path, phase: str) -> Path:
+    return out / f"phase_{phase}.json"
+
+
+def write_record(out: Path, phase: str, record: dict[str, Any]) -> None:
+    write_text_atomic(record_path(out, phase), json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_record(out: Path, phase: str) -> dict[str, Any] | None:
+    """The phase's record, None when the phase never ran; an unreadable one is a usage error."""
+    path = record_path(out, phase)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable phase record ({exc})") from None
+
+
+def portable(artifact: Path, out: Path) -> str:
+    """The artifact's path relative to the seed folder when inside it, so the record stays true when the
+    folder is read from another mount (a container's /runs on the host)."""
+    artifact, out = artifact.resolve(), out.resolve()
+    return artifact.relative_to(out).as_posix() if artifact.is_relative_to(out) else str(artifact)
+
+
+def artifact_of(out: Path) -> Path:
+    """Where the seed's train phase left its artifact (the seed folder's artifact/ unless told otherwise)."""
+    train = read_record(out, "train")
+    return out / train["artifact"] if train else out / ARTIFACT
+
+
+def phase_succeeded(record: dict[str, Any], out: Path) -> bool:
+    """The job exited 0 (and, for train, left at least one artifact file)."""
+    if record["process"]["returncode"] != 0:
+        return False
+    return record["phase"] != "train" or any(p.is_file() for p in (out / record["artifact"]).rglob("*"))
+
+
+# --- the finished seed and its facts -----------------------------------------------------------
+
+def finished_verdict(out: Path, seed: int) -> dict[str, Any] | None:
+    """The run verdict when the folder holds a finished run of that seed (a schema-valid verdict.json
+    naming it), else None: anything less is half a run."""
+    try:
+        verdict = json.loads((out / VERDICT).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if next(errors("urn:pgolf:verdict", verdict), None) is not None:
+        return None
+    if verdict["command"] != "run" or str(seed) not in verdict.get("seeds", {}):
+        return None
+    return verdict
+
+
+def set_aside(out: Path) -> Path:
+    """Rename an unfinished seed folder to the first free seed_<s>.incomplete-<n>; it is never reused."""
+    n = 1
+    while (aside := out.with_name(f"{out.name}.incomplete-{n}")).exists():
+        n += 1
+    out.rename(aside)
+    return aside
+
+
+def run_verdicts(run: Path) -> dict[int, tuple[Path, dict[str, Any]]]:
+    """seed -> (folder, verdict) of every seed_<s>/ holding a verdict.json; one that is not a run's is a
+    usage error."""
+    found = {}
+    for path in sorted(run.glob("seed_*/" + VERDICT)):
+        try:
+            verdict = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: unreadable verdict ({exc})") from None
+        seed = path.parent.name.removeprefix("seed_")
+        if not isinstance(verdict, dict) or verdict.get("command") != "run" or not seed.isdigit():
+            raise UsageError(f"{path}: not a verdict of `pgolf run`")
+        found[int(seed)] = (path.parent, verdict)
+    return dict(sorted(found.items()))
+
+
+def seed_facts(verdict: dict[str, Any], seed: int) -> dict[str, Any]:
+    return verdict["seeds"][str(seed)]
+
+
+def is_legacy(verdict: dict[str, Any]) -> bool:
+    """A --legacy run: its numbers are the script's own, read from legacy.log."""
+    return bool(verdict.get("legacy"))
+
+
+def train_seconds(facts: dict[str, Any]) -> float | None:
+    """The judged training time: the marked span when the submission sent its marks, else the phase's wall clock."""
+    return facts.get("train_marked_s") or facts.get("train_wall_s")
+
+
+def eval_seconds(facts: dict[str, Any]) -> float | None:
+    """The judged evaluation time, as train_seconds."""
+    return facts.get("eval_marked_s") or facts.get("eval_wall_s")
+
+
+def reported_steps(out: Path, facts: dict[str, Any], rules: Rules) -> int | None:
+    """The optimizer steps the submission reported: with its train_end mark, else in its own train log."""
+    steps = facts.get("steps")
+    if steps is None and log_path(out, "train").is_file():
+        steps = read_log(log_path(out, "train"), out, rules).steps
+    return steps
