@@ -51,10 +51,10 @@ def engine_operations(image: str, repeat: int, tmp: Path) -> None:
         done = run_job(stopped)
         rows["stop"].append(done.ended - done.sigterm_at)
         native = run_phase(["true"], env=dict(os.environ), cwd=folders["code"], log_path=tmp / "native.log",
-                           limit_s=60, network=False, echo=False)
+                           limit_s=60, echo=False)
         rows["native exit"].append(native.wall_s)
         native = run_phase(["sleep", "600"], env=dict(os.environ), cwd=folders["code"], log_path=tmp / "native.log",
-                           limit_s=1.0, grace_s=10, network=False, echo=False)
+                           limit_s=1.0, grace_s=10, echo=False)
         rows["native stop"].append(native.ended - native.sigterm_at)
     print(f"engine operations, {repeat} runs each: seconds, median (min-max), and the median's share of {BUDGET_S:g} s")
     for name, values in rows.items():

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.run.native import PhaseStartError, _unshare_works, run_phase
+from harness.run.native import PhaseStartError, Sandbox, bwrap_works, run_phase
 
 CASES = Path(__file__).parent / "process_cases"
 ROOT = Path(__file__).parent.parent
 TORCHRUN = shutil.which("torchrun")
 needs_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed (pip install torch)")
-ENFORCED = _unshare_works(net=False)
-MODES = pytest.mark.parametrize("isolate", [True, False], ids=["namespace", "fallback"])
+ENFORCED = bwrap_works()
+MODES = pytest.mark.parametrize("isolate", [True, False], ids=["sandbox", "fallback"])
 
 
 def alive(marker: str) -> list[int]:
@@ -41,10 +41,11 @@ def marked_env() -> tuple[dict[str, str], str]:
     return {**os.environ, "TEST_MARKER": token, "PYTHONPATH": str(ROOT)}, f"TEST_MARKER={token}"
 
 
-def run(tmp_path, cmd, **kw):
-    """run_phase with a marked environment; returns (result, marker)."""
+def run(tmp_path, cmd, isolate=True, network=True, **kw):
+    """run_phase with a marked environment, sandboxed unless isolate=False; returns (result, marker)."""
     env, marker = marked_env()
-    kw = {"cwd": CASES, "log_path": tmp_path / "phase.log", "limit_s": 30, "grace_s": 1.0, **kw}
+    kw = {"cwd": CASES, "log_path": tmp_path / "phase.log", "limit_s": 30, "grace_s": 1.0,
+          "sandbox": Sandbox(read_only=(ROOT,), network=network) if isolate else None, **kw}
     return run_phase(cmd, env=env, **kw), marker
 
 
@@ -100,7 +101,7 @@ def test_network_disabled_in_plain_job(tmp_path):
     assert result.returncode == 0 and "solo localhost: ping" in log
     if ENFORCED:
         assert "solo internet: OSError: Network is unreachable" in log
-        assert result.isolation == {"pid_namespace": "enforced", "network": "enforced"}
+        assert result.isolation["pid_namespace"] == result.isolation["network"] == "enforced"
 
 
 @MODES
@@ -122,7 +123,7 @@ def test_exit_code_output_and_wall_time(tmp_path, capsys, isolate):
 
 @MODES
 def test_death_by_signal_is_reported(tmp_path, isolate):
-    """In a namespace the job is not unshare's child: the init must relay the exact signal."""
+    """In the sandbox the job is not bwrap's child: the init must relay the exact signal."""
     result, _ = run(tmp_path, python("-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"),
                     isolate=isolate, echo=False)
     assert (result.returncode, result.signal, result.timed_out) == (-11, "SIGSEGV", False)

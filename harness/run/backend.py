@@ -35,6 +35,7 @@ class PhaseJob:
     echo: bool
     hide: tuple[tuple[Path, tuple[str, ...]], ...] = ()  # folders the job must not read, with their file names
     run: str = ""  # the run folder, for labels
+    private: tuple[Path, ...] = ()  # the run's records: never in the job's view
 
 
 class Backend(Protocol):
@@ -77,14 +78,22 @@ class Native:
         return self
 
     def run_job(self, job: PhaseJob) -> PhaseProcess:
-        from harness.run.native import run_phase
+        """The job in a bubblewrap sandbox (harness.run.native): code, data view and client read-only; the
+        artifact writable in train (read-only in eval); a --legacy script also writes its working directory."""
+        from harness.run.native import Sandbox, run_phase
 
         path = PurePosixPath
         env = job_environment(job, path(job.data), path(job.artifact), path(job.events) if job.events else None,
                               path(CLIENT_DIR), dict(os.environ))
+        writes = {"train": (job.artifact,), "eval": (), "legacy": (job.artifact, job.code)}[job.phase]
+        sockets = (job.events.parent,) if job.events else ()
+        sandbox = Sandbox(read_only=tuple(p for p in (job.code, job.data, job.artifact, CLIENT_DIR, *sockets)
+                                          if p not in writes), writable=writes, hide=job.hide, absent=job.private,
+                          unwritable=(("code_read_only", job.code),) * (job.phase != "legacy")
+                          + (("artifact_read_only", job.artifact),) * (job.phase == "eval"),
+                          hostname=f"pgolf-{job.phase}")
         return run_phase(torchrun(job.nproc), env=env, cwd=job.code, log_path=job.log, limit_s=job.limit_s,
-                         grace_s=job.grace_s, network=False, prefix=f"[{job.phase}] ", echo=job.echo,
-                         hide={folder: list(names) for folder, names in job.hide})
+                         grace_s=job.grace_s, prefix=f"[{job.phase}] ", echo=job.echo, sandbox=sandbox)
 
     def settings(self) -> None:
         return None

@@ -304,7 +304,7 @@ def container_config(job: ContainerJob, *, gpus: int, user: str, name: str,
         "working_dir": CODE, "user": user, "hostname": host, "dns": ["127.0.0.1"],
         "extra_hosts": [f"{host}:127.0.0.1", f"{host}:::ffff:127.0.0.1"],
         "environment": {**job.env, "HOME": SCRATCH, "TMPDIR": SCRATCH, "NCCL_SOCKET_IFNAME": "lo"},
-        "network_mode": "none", "read_only": job.phase == "eval", "mounts": mounts,
+        "network_mode": "none", "read_only": True, "mounts": mounts,
         "tmpfs": {SCRATCH: "rw,exec,nosuid,nodev,mode=1777"},  # exec: Triton loads what it compiles there
         "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"], "pids_limit": PIDS_LIMIT,
         "shm_size": SHM_SIZE, "init": True, "mem_limit": job.memory, "memswap_limit": job.memory,
@@ -552,7 +552,9 @@ def _isolation(job: ContainerJob, evidence: dict[str, Any], tripwires: set[str])
         out["code_read_only"] = state(mounts.get(CODE, {}).get("rw") is False)
     if job.phase == "eval":
         out["artifact_read_only"] = state(mounts.get(ARTIFACT, {}).get("rw") is False)
-        out["root_filesystem_read_only"] = state(bool(evidence["read_only_root"]))
+    out["root_filesystem_read_only"] = state(bool(evidence["read_only_root"]))
+    seed = job.log_path.parent.resolve()
+    out["records_private"] = state(not any(s == seed or s in seed.parents for s in sources))
     return out
 
 

@@ -22,7 +22,7 @@ STATES = (ENFORCED, OBSERVED, NOT_ENFORCED)
 class Guarantee:
     name: str
     promise: str  # what holds when it is enforced, as the verdict says it
-    native: str | None  # how the native back end provides it; None: it does not (not reported)
+    native: str  # how the native back end provides it
     container: str  # how the container back end provides it, read back from the inspected container
     compose: dict[str, Any] | None  # the compose.yaml service settings that carry it (tests hold compose to it)
     phases: tuple[str, ...] = ("train", "eval", "legacy")  # the phases it applies to
@@ -40,39 +40,50 @@ class Guarantee:
 
 GUARANTEES = {g.name: g for g in [
     Guarantee("pid_namespace", "every process of the job lives and dies in its own PID namespace",
-              native="unshare --pid --fork --kill-child; where unshare is refused, descendants tracked through "
-                     "/proc (observed)",
+              native="bubblewrap --unshare-pid with harness.run.nsinit as PID 1; without bubblewrap, descendants "
+                     "tracked through /proc (observed)",
               container="the container's own PID namespace (inspected HostConfig.PidMode private)",
               compose={"pid": None}),
     Guarantee("network", "the job has no network, only loopback",
-              native="unshare --net: a namespace with only lo; observed where unshare is refused",
+              native="bubblewrap --unshare-net: a namespace with only lo; attempts counted inside (OutNoRoutes)",
               container="network_mode none (inspected HostConfig.NetworkMode)", compose={"network_mode": "none"}),
     Guarantee("data_view", "the dataset folder and the other phase's view were hidden from the job",
-              native="an empty tmpfs with tripwires over each hidden folder, inside the job's mount namespace",
+              native="a sandbox root holding only system folders and this phase's view; tripwire folders where "
+                     "the hidden ones are",
               container="only this phase's view is mounted, read-only; tripwire folders where the others would be",
               compose={"volumes": ":/data:ro"}, phases=("train", "eval"), weak=INFO,
               weak_note="DATA_PATH holds only this phase's shards, but files outside it stay readable by absolute "
                         "path (the container back end enforces it)"),
     Guarantee("non_root_user", "the job runs as an unprivileged user",
-              native=None, container="an unprivileged uid (inspected Config.User)",
+              native="uid 65534 in the sandbox's user namespace, as the init sees it",
+              container="an unprivileged uid (inspected Config.User)",
               compose={"user": "${PGOLF_UID}:${PGOLF_GID}"}),
     Guarantee("all_capabilities_dropped", "the job holds no Linux capabilities",
-              native=None, container="cap_drop ALL, no cap_add, not privileged", compose={"cap_drop": ["ALL"]}),
+              native="bubblewrap --cap-drop ALL --disable-userns; the init reads CapEff and CapPrm as 0",
+              container="cap_drop ALL, no cap_add, not privileged", compose={"cap_drop": ["ALL"]}),
     Guarantee("no_new_privileges", "nothing the job runs can gain privileges",
-              native=None, container="security_opt no-new-privileges",
+              native="bubblewrap sets no_new_privs; the init reads NoNewPrivs 1",
+              container="security_opt no-new-privileges",
               compose={"security_opt": ["no-new-privileges:true"]}),
     Guarantee("pid_limit", "the job cannot fork without bound",
-              native=None, container="pids_limit", compose=None),  # compose.yaml sets none yet
+              native="not provided (no cgroup of its own)", container="pids_limit",
+              compose=None, weak=INFO),  # compose.yaml sets none yet; a fork bomb harms the host, not the score
     Guarantee("code_read_only", "the code folder is mounted read-only",
-              native=None, container="the code mount is read-only",
+              native="a read-only bind; the init finds it not writable", container="the code mount is read-only",
               compose=None,  # compose's jobs run from the seed folder's code/, which their run mount makes writable
               phases=("train", "eval")),
     Guarantee("artifact_read_only", "the artifact is mounted read-only",
-              native=None, container="the artifact mount is read-only", compose={"volumes": "/artifact:ro"},
+              native="a read-only bind; the init finds it not writable",
+              container="the artifact mount is read-only", compose={"volumes": "/artifact:ro"},
               phases=("eval",)),
     Guarantee("root_filesystem_read_only", "the root filesystem is read-only",
-              native=None, container="read_only root (inspected HostConfig.ReadonlyRootfs)",
-              compose={"read_only": True}, phases=("eval",)),
+              native="bubblewrap --remount-ro /; the init finds / not writable",
+              container="read_only root (inspected HostConfig.ReadonlyRootfs)",
+              compose={"read_only": True}),
+    Guarantee("records_private", "the run's records, event logs and job logs are outside the job's view",
+              native="the seed folder is never mounted, only its code, view and artifact; the init finds no record",
+              container="the seed folder is never mounted, only its code, view and artifact",
+              compose=None),  # compose runs the harness and the job in one container, beside the records
 ]}
 
 LEGACY_GAPS = {  # what a protocol run guarantees and a --legacy run does not

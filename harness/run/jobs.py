@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -35,6 +35,7 @@ class PhaseProcess:
     survivors: list[int]  # pids of the job alive after cleanup; anything here is a harness failure
     hidden_reads: list[str]  # tripwires the job read or removed: files it was not allowed to see
     network_attempts: int | None  # packets the job tried to send off the host (None: not counted)
+    scratch: dict[str, int] = field(default_factory=dict)  # bytes left in each fresh scratch folder (discarded)
 
     def backend_facts(self) -> dict[str, Any]:
         """What only this job's back end knows, for the phase record."""

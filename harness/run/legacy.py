@@ -41,7 +41,8 @@ def run_legacy(spec, rules: Rules) -> Verdict:
     limit = spec.train_limit_s + spec.eval_limit_s
     log_path = seedfolder.log_path(spec.out, PHASE)
     job = spec.backend.run_job(PhaseJob(PHASE, spec.seed, spec.nproc, spec.tokenizer.name, code, data, artifact,
-                                        None, log_path, limit, spec.grace_s, spec.echo, run=str(spec.out.parent)))
+                                        None, log_path, limit, spec.grace_s, spec.echo, run=str(spec.out.parent),
+                                        private=seedfolder.private_paths(spec.out)))
 
     findings = isolation.legacy_findings()
     findings += judge.process_findings(PHASE, job, Received(), limit)

@@ -85,7 +85,7 @@ def _run(phase: PhaseSpec, name: str, seed: int, nproc: int, tokenizer: str, cod
                 process = phase.backend.run_job(PhaseJob(
                     name, seed, nproc, tokenizer, code, phase.data, phase.artifact, socket_path,
                     seedfolder.log_path(phase.out, name), phase.limit_s, phase.grace_s, phase.echo, phase.hide,
-                    str(phase.out.parent)))
+                    str(phase.out.parent), seedfolder.private_paths(phase.out)))
     return process, server.received
 
 

@@ -49,6 +49,13 @@ def record_path(out: Path, phase: str) -> Path:
     return out / f"phase_{phase}.json"
 
 
+def private_paths(out: Path) -> tuple[Path, ...]:
+    """What the harness writes about a seed and no job may see or touch: records, event logs, job logs, verdict."""
+    phases = ("train", "eval", LEGACY_PHASE)
+    return (*(record_path(out, p) for p in phases), *(events_path(out, p) for p in phases),
+            *(log_path(out, p) for p in phases), out / VERDICT)
+
+
 def write_record(out: Path, phase: str, record: dict[str, Any]) -> None:
     write_text_atomic(record_path(out, phase), json.dumps(record, indent=2, sort_keys=True) + "\n")
 

@@ -6,13 +6,13 @@ import os
 import sys
 from pathlib import Path
 
-from harness.run.native import run_phase
+from harness.run.native import Sandbox, run_phase
 
 here = Path(__file__).parent
 try:
     run_phase([sys.executable, str(here / "tree.py"), "hang"], env=dict(os.environ), cwd=here,
               log_path=Path(sys.argv[1]), limit_s=60, grace_s=0.5, prefix="[job] ",
-              isolate=sys.argv[2] == "1")
+              sandbox=Sandbox(read_only=(here.parent.parent,)) if sys.argv[2] == "1" else None)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
     sys.exit(130)
