@@ -84,13 +84,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.tokenizer}: no such tokenizer file")
     if args.nproc < 1:
         raise UsageError("--nproc must be at least 1")
-    limits = rules.hard_limits
     out = args.out or default_run_folder("", args.submission.resolve().name)
     worst = 0
     for seed in _seeds(args.seeds):
         spec = RunSpec(args.submission.resolve(), args.data.resolve(), args.tokenizer.resolve(), seed, args.nproc,
-                       out.resolve() / f"seed_{seed}", args.track, args.train_limit or limits["train_s"],
-                       args.eval_limit or limits["eval_s"], limits["grace_s"], echo=not args.quiet,
+                       out.resolve() / f"seed_{seed}", args.track, args.train_limit or rules.hard_limit(args.track, "train"),
+                       args.eval_limit or rules.hard_limit(args.track, "eval"), rules.phase_clock["grace_s"],
+                       echo=not args.quiet,
                        legacy=args.legacy, backend=backend)
         try:
             verdict = run_seed(spec, rules).to_dict()
@@ -116,8 +116,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def _limit(args: argparse.Namespace, rules, phase: str) -> float:
-    return args.limit or rules.hard_limits[f"{phase}_s"]
+def _limit(args: argparse.Namespace, rules, track: str, phase: str) -> float:
+    return args.limit or rules.hard_limit(track, phase)
 
 
 def cmd_phase_train(args: argparse.Namespace) -> int:
@@ -131,20 +131,23 @@ def cmd_phase_train(args: argparse.Namespace) -> int:
         raise UsageError("--nproc must be at least 1")
     out = args.out.resolve()
     phase = PhaseSpec(out, args.data.resolve(), (args.artifact or out / ARTIFACT).resolve(),
-                      _limit(args, rules, "train"), rules.hard_limits["grace_s"], echo=not args.quiet)
+                      _limit(args, rules, args.track, "train"), rules.phase_clock["grace_s"], echo=not args.quiet)
     record = train_phase(phase, args.submission.resolve(), args.seed, args.nproc, args.track, rules)
     return 0 if phase_succeeded(record, out) else 1
 
 
 def cmd_phase_eval(args: argparse.Namespace) -> int:
     from harness.run.phases import PhaseSpec, eval_phase
-    from harness.run.seedfolder import artifact_of, phase_succeeded
+    from harness.run.seedfolder import artifact_of, phase_succeeded, read_record
 
     rules = load_rules(args.rules)
     _folders((args.data, "data folder"))
     out = args.out.resolve()
+    train = read_record(out, "train")
+    if train is None:
+        raise UsageError(f"{out}: no phase_train.json; run `pgolf phase train` first")
     phase = PhaseSpec(out, args.data.resolve(), (args.artifact or artifact_of(out)).resolve(),
-                      _limit(args, rules, "eval"), rules.hard_limits["grace_s"], echo=not args.quiet)
+                      _limit(args, rules, train["track"], "eval"), rules.phase_clock["grace_s"], echo=not args.quiet)
     record = eval_phase(phase, rules)
     return 0 if not record["skipped"] and phase_succeeded(record, out) else 1
 
@@ -341,7 +344,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", type=Path, required=True, metavar="SEEDDIR", help="the seed's folder")
         sub.add_argument("--artifact", type=Path, help="PGOLF_ARTIFACT_DIR (default: SEEDDIR/artifact, or where "
                          "the train phase left it)")
-        sub.add_argument("--limit", type=float, help="hard limit in s (default: rules.yaml hard_limits)")
+        sub.add_argument("--limit", type=float, help="hard limit in s (default: the track's limit + rules.yaml phase_clock)")
 
     verify = commands.add_parser("verify", parents=[rules, verbose, quiet], help="the verdict of a seed's phases",
                                  description="Assemble SEEDDIR/verdict.json from the phase records, the code and "

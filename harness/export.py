@@ -28,7 +28,7 @@ from harness.code import counted_bytes, scan_code
 from harness.findings import FAIL, UsageError
 from harness.check.folder import FOLDER_NAME
 from harness.rules import Rules
-from harness.run import seedfolder
+from harness.run import payload, seedfolder
 from harness.validation import load_schema
 
 SCORE_LABEL = "final_pgolf_roundtrip_exact"
@@ -58,7 +58,8 @@ def export_run(run: Path, name: str, rules: Rules, *, dest: Path | None = None, 
     try:
         copied, skipped = _copy_code(seedfolder.seed_folder(run, min(seeds)) / seedfolder.CODE, tmp, rules)
         code_bytes = counted_bytes(tmp, scan_code(tmp, rules), compressed=False, rules=rules).total
-        results = {seed: _seed_result(seedfolder.seed_folder(run, seed), seed, v, code_bytes, rules)
+        code_names = sum(len(path.encode()) for path in payload.scan(tmp).files if payload.is_code(path))
+        results = {seed: _seed_result(seedfolder.seed_folder(run, seed), seed, v, code_bytes, code_names, rules)
                    for seed, v in seeds.items()}
         for seed, r in results.items():
             write_text_atomic(tmp / f"train_seed{seed}.log", _seed_log(seedfolder.seed_folder(run, seed), seed, seeds[seed], r))
@@ -116,14 +117,17 @@ def _copy_code(code: Path, tmp: Path, rules: Rules) -> tuple[list[str], list[str
     return copied, skipped
 
 
-def _seed_result(seed_dir: Path, seed: int, verdict: dict[str, Any], code_bytes: int, rules: Rules) -> dict[str, Any]:
-    """Per-seed numbers as the harness measured them: the marked spans when sent, else phase wall clocks."""
+def _seed_result(seed_dir: Path, seed: int, verdict: dict[str, Any], code_bytes: int, code_names: int,
+                 rules: Rules) -> dict[str, Any]:
+    """Per-seed numbers as the harness measured them: the marked spans when sent, else phase wall clocks; the
+    total counts file names as `pgolf run` does (harness.run.payload), the code size line only file bytes, as
+    `pgolf check` recounts it."""
     facts = seedfolder.seed_facts(verdict, seed)
-    model = sum(p.stat().st_size for p in seedfolder.artifact_of(seed_dir).rglob("*") if p.is_file())
+    model = facts["model_bytes"]  # the artifact as the run counted it: file bytes and names
     train_s, eval_s = seedfolder.train_seconds(facts), seedfolder.eval_seconds(facts)
     steps = seedfolder.reported_steps(seed_dir, facts, rules)
     return {"val_bpb": round(facts["val_bpb"], 8), "val_loss": round(facts["val_loss"], 8),
-            "artifact_bytes": model + code_bytes, "model_bytes": model, "code_bytes": code_bytes,
+            "artifact_bytes": model + code_bytes + code_names, "model_bytes": model, "code_bytes": code_bytes,
             "train_time_s": round(train_s, 3), "eval_time_s": round(eval_s, 3), "steps": steps}
 
 
@@ -194,7 +198,8 @@ yours to write before opening the PR.
 
 Mean val_bpb **{data['val_bpb']:.8f}** (sample std {data['val_bpb_std']:.8f}) over {len(data['seeds'])} seed(s).
 Artifact bytes = every file the train phase left in its artifact folder + {code_bytes:,} code bytes
-(the shipped code, counted as `pgolf check` counts it). Times are the harness's clock between the
+(the shipped code, counted as `pgolf check` counts it), with every file's name counted as `pgolf run`
+counts it. Times are the harness's clock between the
 submission's marks (else the phase's wall clock).
 
 ## TODO

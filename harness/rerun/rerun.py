@@ -214,11 +214,10 @@ def run_seeds(request: RerunRequest, claimed: Claimed, seeds: list[int],
     nproc = request.nproc or claimed.world_size or (hardware["gpus"] if hardware else 1)
     if nproc < 1:
         raise UsageError("--nproc must be at least 1")
-    limits = rules.hard_limits
     plan = {"submission": str(claimed.folder), "seeds": seeds, "nproc": nproc, "legacy": request.legacy,
             "dataset": str(request.dataset), "tokenizer": str(request.tokenizer), "track": claimed.track,
-            "train_limit_s": request.train_limit_s or limits["train_s"],
-            "eval_limit_s": request.eval_limit_s or limits["eval_s"], "container": request.backend.settings()}
+            "train_limit_s": request.train_limit_s or rules.hard_limit(claimed.track, "train"),
+            "eval_limit_s": request.eval_limit_s or rules.hard_limit(claimed.track, "eval"), "container": request.backend.settings()}
     _open_rundir(request.out, plan, request.resume)
     runs = {}
     for seed in seeds:
@@ -230,7 +229,7 @@ def run_seeds(request: RerunRequest, claimed: Claimed, seeds: list[int],
                 _say(request, f"seed {seed}: unfinished folder set aside as {aside.name}")
             _say(request, f"seed {seed}: running into {seed_dir}")
             run_seed(RunSpec(claimed.folder, request.dataset, request.tokenizer, seed, nproc, seed_dir, claimed.track,
-                             plan["train_limit_s"], plan["eval_limit_s"], limits["grace_s"], echo=request.echo,
+                             plan["train_limit_s"], plan["eval_limit_s"], rules.phase_clock["grace_s"], echo=request.echo,
                              legacy=request.legacy, backend=request.backend), rules)
             verdict = seedfolder.finished_verdict(seed_dir, seed)  # read back: one definition of finished, here and on resume
             if verdict is None:

@@ -49,8 +49,17 @@ class Rules:
         return self.tracks[name]
 
     @property
-    def hard_limits(self) -> dict[str, float]:
-        return self.raw["hard_limits"]
+    def phase_clock(self) -> dict[str, float]:
+        return self.raw["phase_clock"]
+
+    def outside_marks_s(self, phase: str) -> float:
+        """How long a phase's wall clock may run outside its marks (rules.yaml phase_clock)."""
+        return self.raw["phase_clock"][f"{phase}_outside_marks_s"]
+
+    def hard_limit(self, track: str, phase: str) -> float:
+        """Where a phase is stopped: the track's judged limit plus the allowance outside the marks."""
+        judged = getattr(self.track(track), f"{phase}_limit_s")
+        return judged + self.outside_marks_s(phase) if judged else self.raw["phase_clock"]["unlimited_phase_s"]
 
     @property
     def tolerances(self) -> dict[str, float]:

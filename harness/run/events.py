@@ -46,6 +46,7 @@ class Received:
     steps: dict[int, int] = field(default_factory=dict)  # rank -> optimizer steps, from its train_end mark
     score_frames: int = 0
     score_values: int = 0
+    work: list[float] = field(default_factory=list)  # arrival of the first and the last score, audit or update
     problems: list[str] = field(default_factory=list)  # protocol violations, in arrival order
 
 
@@ -152,6 +153,11 @@ class EventServer:
         who = f"rank {conn.rank}" if conn.rank is not None else "an unidentified connection"
         self.received.problems.append(f"{who}: {text}")
 
+    def _worked(self, t: float) -> None:
+        """Evaluation work arrived: it must fall between the phase's marks (harness.run.judge)."""
+        work = self.received.work
+        work[:] = [work[0], t] if work else [t, t]
+
     def _record(self, entry: dict[str, Any]) -> None:
         self.log.write(json.dumps(entry) + "\n")
 
@@ -176,6 +182,7 @@ class EventServer:
                 return self._problem(conn, f"score frame says [{start}, {end}) but carries {nlls.size} values")
             self.received.score_frames += 1
             self.received.score_values += nlls.size
+            self._worked(t)
             self._record({"t": t, "rank": conn.rank, "type": "score", "start": start, "end": end})
             if self.ledger is None:
                 return self._problem(conn, "sent scores in the train phase, which has no validation data")
@@ -185,6 +192,7 @@ class EventServer:
         if logprobs is None or logprobs.size != vocab:
             return self._problem(conn, f"audit frame of {len(payload)} bytes does not hold its {vocab} values")
         self._record({"t": t, "rank": conn.rank, "type": "audit", "position": position})
+        self._worked(t)
         if self.ledger is not None:
             self.ledger.audit(position, logprobs, conn.rank)
 
@@ -202,6 +210,7 @@ class EventServer:
             if "steps" in message:
                 self.received.steps[conn.rank] = message["steps"]
         elif kind == "update":
+            self._worked(t)
             if self.ledger is None:
                 self._problem(conn, "declared a validation update in the train phase")
             else:

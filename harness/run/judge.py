@@ -9,11 +9,10 @@ from typing import Any
 import numpy as np
 
 from harness.atomic import write_text_atomic
-from harness.code import counted_bytes, scan_code
 from harness.findings import FAIL, INFO, PASS, WARN, Finding, UsageError
 from harness.report import verdict_json
 from harness.rules import Rules
-from harness.run import isolation, seedfolder
+from harness.run import isolation, payload, seedfolder
 from harness.run.events import Received
 from harness.run.jobs import PhaseProcess
 from harness.run.ledger import Ledger
@@ -61,31 +60,83 @@ def process_findings(phase: str, p: PhaseProcess, received: Received, limit_s: f
     return out
 
 
-def time_findings(phase: str, seconds: float | None, judged_limit: float | None, check: str) -> list[Finding]:
-    if seconds is None:
-        return [Finding(check, WARN, f"{check}.no_marks", f"{phase}: the submission sent no {phase}_start/"
-                        f"{phase}_end marks; only the phase's wall clock is known")]
-    if judged_limit is not None and seconds > judged_limit:
-        return [Finding(check, FAIL, f"{check}.over_limit", f"{phase}: {seconds:.1f} s between the marks, past the "
-                        f"{judged_limit:g} s limit", data={"seconds": seconds})]
-    return [Finding(check, PASS, f"{check}.within_limit", f"{phase}: {seconds:.2f} s between the marks "
-                    "(harness clock)", data={"seconds": seconds})]
+def clock_findings(phase: str, p: PhaseProcess, got: Received, judged_limit: float | None,
+                   allowance: float) -> tuple[list[Finding], float | None]:
+    """The marked span judged against the track's limit, shown beside the phase's wall clock; wall-clock time
+    outside the marks beyond the allowance, and evaluation work sent outside them, are findings: the harness
+    cannot see what a job does between its marks, so it bounds what lies outside them. Returns the span too."""
+    check, start, end = f"{phase}_time", f"{phase}_start", f"{phase}_end"
+    marked = span(got, start, end)
+    if marked is None:
+        return [Finding(check, WARN, f"{check}.no_marks", f"{phase}: the submission sent no {start}/{end} marks; "
+                        f"only the phase's wall clock ({p.wall_s:.1f} s, spawn to reap) is known",
+                        data={"wall_s": p.wall_s})], None
+    first, last = min(got.marks[start].values()), max(got.marks[end].values())
+    before, after = first - p.started, p.ended - last
+    facts = {"seconds": marked, "wall_s": p.wall_s, "before_marks_s": before, "after_marks_s": after}
+    clocks = f"{marked:.2f} s between the marks, {p.wall_s:.2f} s from spawn to reap (harness clock)"
+    if judged_limit is not None and marked > judged_limit:
+        out = [Finding(check, FAIL, f"{check}.over_limit", f"{phase}: {clocks}: past the {judged_limit:g} s limit",
+                       data=facts)]
+    else:
+        out = [Finding(check, PASS, f"{check}.within_limit", f"{phase}: {clocks}", data=facts)]
+    if before + after > allowance:
+        out.append(Finding(check, FAIL if judged_limit is not None else INFO, f"{check}.outside_marks",
+                           f"{phase}: {before + after:.1f} s of the phase ran outside its marks ({before:.1f} s "
+                           f"before {start}, {after:.1f} s after {end}), more than the {allowance:g} s allowed "
+                           "(rules.yaml phase_clock): the marked time leaves that much unmeasured", data=facts))
+    if got.work and (got.work[0] < first or got.work[1] > last):
+        early, late = max(0.0, first - got.work[0]), max(0.0, got.work[1] - last)
+        out.append(Finding(check, FAIL, f"{check}.work_outside_marks",
+                           f"{phase}: scores, audits or updates arrived outside the marks ({early:.2f} s before "
+                           f"{start}, {late:.2f} s after {end}): the marked time does not cover the scoring",
+                           data={"before_s": early, "after_s": late}))
+    return out, marked
 
 
-def artifact_findings(artifact: Path, code_bytes: int, limit: int) -> tuple[list[Finding], int]:
-    files = [p for p in sorted(artifact.rglob("*")) if p.is_file()]
-    stray = [p.name for p in files if p.name.startswith(".") or p.name.endswith((".tmp", ".part"))]
+def change_findings(phase: str, what: str, before: payload.Scan, after: payload.Scan) -> list[Finding]:
+    """A FAIL when the phase's job changed the code or the artifact (harness.run.payload's fingerprint)."""
+    changed = payload.changes(before, after)
+    if not changed:
+        return []
+    return [Finding("isolation", FAIL, f"isolation.{what}_modified", f"{phase}: the job changed the {what} it ran "
+                    f"from: {payload.listed(changed)}", data={"phase": phase, "changed": len(changed)})]
+
+
+def digest_findings(phase: str, now: payload.Scan, recorded: str, what: str, since: str) -> list[Finding]:
+    """A FAIL when the code or the artifact a phase is handed is not what the record says it was."""
+    if now.digest() == recorded:
+        return []
+    return [Finding("isolation", FAIL, f"isolation.{what}_modified", f"{phase}: the {what} changed {since}",
+                    data={"phase": phase})]
+
+
+def artifact_findings(artifact: payload.Scan, code: payload.Scan, limit: int) -> tuple[list[Finding], int]:
+    """The bytes the submission carries, by harness.run.payload's rule, against the track's limit."""
     out: list[Finding] = []
-    if not files:
+    if not artifact.files and not artifact.refused and not artifact.unreadable:
         return [Finding("size", FAIL, "size.no_artifact", "the train phase left no artifact in PGOLF_ARTIFACT_DIR")], 0
+    if artifact.refused:
+        out.append(Finding("size", FAIL, "size.artifact_entry", f"the artifact holds {len(artifact.refused)} entr"
+                           f"{'y' if len(artifact.refused) == 1 else 'ies'} that are not plain files or folders: "
+                           f"{payload.listed(artifact.refused)}; only regular files may carry state to evaluation",
+                           data={"entries": len(artifact.refused)}))
+    if artifact.unreadable:
+        out.append(Finding("size", FAIL, "size.artifact_unreadable", f"the harness could not read "
+                           f"{len(artifact.unreadable)} artifact entr{'y' if len(artifact.unreadable) == 1 else 'ies'}"
+                           f", so it cannot count them: {payload.listed(artifact.unreadable)}"))
+    stray = [p for p in artifact.files if p.rsplit("/", 1)[-1].startswith(".") or p.endswith((".tmp", ".part"))]
     if stray:
-        out.append(Finding("size", WARN, "size.temp_files", f"the artifact folder holds temporary files {stray}: "
-                           "a write that never finished"))
-    total = code_bytes + sum(p.stat().st_size for p in files)
-    data = {"artifact_bytes": total, "code_bytes": code_bytes, "files": {p.name: p.stat().st_size for p in files}}
+        out.append(Finding("size", WARN, "size.temp_files", f"the artifact folder holds temporary files "
+                           f"{stray[:payload.MAX_LISTED]}: a write that never finished"))
+    total = code.total + artifact.total
+    data = {"artifact_bytes": total, "code_bytes": code.total, "model_bytes": artifact.total,
+            "name_bytes": code.name_bytes + artifact.name_bytes,
+            "files": dict(list({p: size for p, (size, _) in artifact.files.items()}.items())[:payload.MAX_LISTED])}
     status, verb = (FAIL, "over") if total > limit else (PASS, "within")
-    out.append(Finding("size", status, f"size.{verb}_limit", f"artifact {total:,} bytes ({code_bytes:,} code + "
-                       f"{total - code_bytes:,} in {len(files)} file(s)), {verb} the {limit:,}-byte limit", data=data))
+    out.append(Finding("size", status, f"size.{verb}_limit", f"artifact {total:,} bytes ({code.total:,} code in "
+                       f"{len(code.files)} file(s) + {artifact.total:,} in {len(artifact.files)} artifact file(s); "
+                       f"names included), {verb} the {limit:,}-byte limit", data=data))
     return out, total
 
 
@@ -130,12 +181,13 @@ def verify(out: Path, rules: Rules) -> Verdict:
         raise UsageError(f"{out}: no phase_train.json; not a `pgolf run` seed folder")
     evaluation = seedfolder.read_record(out, "eval")
     track = rules.tracks[train["track"]]
-    code = out / seedfolder.CODE
-    code_bytes = counted_bytes(code, scan_code(code, rules), compressed=False, rules=rules).total
+    code, artifact = payload.scan(out / seedfolder.CODE), payload.scan(seedfolder.artifact_of(out))
     findings = [Finding.from_dict(f) for f in train["findings"]]
-    size, total = artifact_findings(seedfolder.artifact_of(out), code_bytes, track.artifact_limit_bytes)
+    findings += digest_findings("verify", code, train["code_digest"], "code", "since the train phase staged it")
+    size, total = artifact_findings(artifact, code, track.artifact_limit_bytes)
     findings += size
-    facts: dict[str, Any] = {"artifact_bytes": total, "train_wall_s": train["process"]["wall_s"],
+    facts: dict[str, Any] = {"artifact_bytes": total, "code_bytes": code.total, "model_bytes": artifact.total,
+                             "train_wall_s": train["process"]["wall_s"],
                              "train_marked_s": train["process"]["marked_s"], "steps": train.get("steps")}
     phases = {"train": train["process"]}
     if evaluation is None:

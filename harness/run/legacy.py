@@ -12,16 +12,16 @@ from harness.atomic import write_text_atomic
 from harness.check import budgets
 from harness.check.claims import SeedEvidence, pick_score
 from harness.check.submission import Claims
-from harness.code import counted_bytes
+from harness.code import counted_bytes, scan_code
 from harness.data.shards import ShardError, train_shards, val_byte_sidecars, val_shards
 from harness.findings import FAIL, INFO, WARN, Evidence, Finding, UsageError
 from harness.logs import read_log
 from harness.report import verdict_json
 from harness.rules import Rules
-from harness.run import isolation, judge, seedfolder
+from harness.run import isolation, judge, payload, seedfolder
 from harness.run.backend import PhaseJob
 from harness.run.events import Received
-from harness.run.phases import data_view, fingerprint, stage
+from harness.run.phases import data_view, stage
 from harness.verdict import Verdict
 
 PHASE = seedfolder.LEGACY_PHASE
@@ -35,7 +35,7 @@ def run_legacy(spec, rules: Rules) -> Verdict:
                          + val_byte_sidecars(spec.dataset), spec.tokenizer)
     except (ShardError, OSError) as exc:
         raise UsageError(f"cannot prepare the data view: {exc}") from None
-    code, scan, before = stage(spec.out, spec.submission, rules)
+    code, staged = stage(spec.out, spec.submission)
     artifact = spec.out / seedfolder.ARTIFACT
     artifact.mkdir()
     limit = spec.train_limit_s + spec.eval_limit_s
@@ -66,13 +66,14 @@ def run_legacy(spec, rules: Rules) -> Verdict:
                                 "script's own number from its log, not measured by the harness",
                                 (Evidence(log.name, score.line, score.text),), data=dict(facts)))
     compressed = log.get("code_bytes_compressed") is not None
-    size = budgets.size_findings(seed, counted_bytes(code, scan, compressed, rules), track, Claims(), rules)
+    size = budgets.size_findings(seed, counted_bytes(code, scan_code(code, rules), compressed, rules), track,
+                                 Claims(), rules)
     facts["logged_artifact_bytes"] = next((f.data["artifact_bytes"] for f in size if "artifact_bytes" in f.data), None)
     findings += size + budgets.train_findings(seed, track, rules) + budgets.eval_findings(seed, track, rules)
-    after = fingerprint(code)
-    written = {f"{seedfolder.CODE}/{name}": (code / name).stat().st_size for name, digest in after.items()
-               if before.get(name) != digest and "__pycache__" not in name}
-    written |= {f"{seedfolder.ARTIFACT}/{name}": (artifact / name).stat().st_size for name in fingerprint(artifact)}
+    after, left = payload.scan(code), payload.scan(artifact)
+    written = {f"{seedfolder.CODE}/{name}": after.files[name][0] for name, what in payload.changes(staged, after)
+               if what != "removed" and name in after.files}
+    written |= {f"{seedfolder.ARTIFACT}/{name}": size for name, (size, _) in left.files.items()}
     findings.append(Finding("size", INFO, "size.files_written", f"the script wrote {len(written)} file(s) into "
                             f"PGOLF_ARTIFACT_DIR or its working directory ({sum(written.values()):,} bytes: "
                             f"{', '.join(written) or 'none'}); the artifact bytes above come from its log",

@@ -8,7 +8,6 @@ phase in its own container.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -17,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.client.pgolf_events import audit_positions
-from harness.code import CodeScan, scan_code
 from harness.data.shards import ShardError, read_tokens, train_shards, val_byte_sidecars, val_shards
 from harness.findings import FAIL, Finding, UsageError
 from harness.rules import Rules
-from harness.run import judge, seedfolder
+from harness.run import judge, payload, seedfolder
 from harness.run.backend import Backend, Native, PhaseJob
 from harness.run.events import EventServer, Received
 from harness.run.jobs import PhaseProcess
@@ -61,17 +59,10 @@ def tokenizer_in(data: Path) -> Path:
     return models[0]
 
 
-def stage(out: Path, submission: Path, rules: Rules) -> tuple[Path, CodeScan, dict[str, str]]:
-    """Copy the code the job runs from and fingerprint it, so anything a job writes beside the
-    artifact shows."""
+def stage(out: Path, submission: Path) -> tuple[Path, payload.Scan]:
+    """Copy the counted code files (harness.run.payload) into the seed folder: all either job runs from."""
     code = out / seedfolder.CODE
-    shutil.copytree(submission, code, ignore=shutil.ignore_patterns("*.log", "__pycache__"))
-    return code, scan_code(code, rules), fingerprint(code)
-
-
-def fingerprint(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return code, payload.stage_code(submission, code)
 
 
 def _run(phase: PhaseSpec, name: str, seed: int, nproc: int, tokenizer: str, code: Path,
@@ -106,17 +97,18 @@ def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track
         raise UsageError(f"{phase.out} already holds a train phase; pgolf never overwrites a run")
     if any(phase.artifact.iterdir()):
         raise UsageError(f"{phase.artifact}: the artifact folder must start empty")
-    code, scan, before = stage(phase.out, submission, rules)
+    code, staged = stage(phase.out, submission)
     process, got = _run(phase, "train", seed, nproc, tokenizer.name, code, None)
-    marked = judge.span(got, "train_start", "train_end")
     findings = judge.process_findings("train", process, got, phase.limit_s)
-    findings += judge.time_findings("train", marked, rules.tracks[track].train_limit_s, "train_time")
-    if fingerprint(code) != before:
-        findings.append(Finding("isolation", FAIL, "isolation.code_modified", "the train phase changed files in the "
-                                "code folder: only PGOLF_ARTIFACT_DIR may carry state to evaluation"))
+    clocks, marked = judge.clock_findings("train", process, got, rules.tracks[track].train_limit_s,
+                                          rules.outside_marks_s("train"))
+    findings += clocks
+    findings += judge.change_findings("train", "code", staged, payload.scan(code))
+    artifact = payload.scan(phase.artifact)
     record = {"phase": "train", "seed": seed, "nproc": nproc, "track": track, "submission": str(submission),
               "artifact": seedfolder.portable(phase.artifact, phase.out), "tokenizer": tokenizer.name,
               "limit_s": phase.limit_s, "steps": max(got.steps.values(), default=None),
+              "code_digest": staged.digest(), "artifact_digest": artifact.digest(),
               "process": judge.process_facts(process, marked), "findings": [f.to_dict() for f in findings]}
     seedfolder.write_record(phase.out, "train", record)
     return record
@@ -145,22 +137,21 @@ def eval_phase(phase: PhaseSpec, rules: Rules) -> dict[str, Any]:
         sidecar = read_tokens(sidecars) if sidecars else None
     except (ShardError, OSError) as exc:
         raise UsageError(f"cannot read the validation shards in {phase.data}: {exc}") from None
-    artifact_before = fingerprint(phase.artifact)
-    for path in [phase.artifact, *phase.artifact.rglob("*")]:
-        try:
-            path.chmod(0o555 if path.is_dir() else 0o444)
-        except OSError:  # a read-only mount (the container back ends): already read-only
-            pass
+    code = phase.out / seedfolder.CODE
+    code_before, artifact_before = payload.scan(code), payload.scan(phase.artifact)
+    findings = judge.digest_findings("eval", code_before, train["code_digest"], "code",
+                                     "since the train phase staged it")
+    findings += judge.digest_findings("eval", artifact_before, train["artifact_digest"], "artifact",
+                                      "since the train phase ended")
     ledger = Ledger(tokens, audit_positions(train["seed"], len(tokens)))
-    process, got = _run(phase, "eval", train["seed"], train["nproc"], tokenizer.name, phase.out / seedfolder.CODE,
-                        ledger)
-    marked = judge.span(got, "eval_start", "eval_end")
-    findings = judge.process_findings("eval", process, got, phase.limit_s)
-    findings += judge.time_findings("eval", marked, rules.tracks[train["track"]].eval_limit_s, "eval_time")
+    process, got = _run(phase, "eval", train["seed"], train["nproc"], tokenizer.name, code, ledger)
+    findings += judge.process_findings("eval", process, got, phase.limit_s)
+    clocks, marked = judge.clock_findings("eval", process, got, rules.tracks[train["track"]].eval_limit_s,
+                                          rules.outside_marks_s("eval"))
+    findings += clocks
     findings += ledger.findings()
-    if fingerprint(phase.artifact) != artifact_before:
-        findings.append(Finding("isolation", FAIL, "isolation.artifact_modified",
-                                "the eval phase changed the artifact it was given read-only"))
+    findings += judge.change_findings("eval", "code", code_before, payload.scan(code))
+    findings += judge.change_findings("eval", "artifact", artifact_before, payload.scan(phase.artifact))
     facts: dict[str, Any] = {}
     if process.returncode == 0:
         metric, facts = judge.metric_findings(ledger, tokens, tokenizer, sidecar, got)

@@ -25,6 +25,7 @@ from harness.atomic import write_text_atomic
 from harness.findings import UsageError
 from harness.logs import read_log
 from harness.rules import Rules
+from harness.run import payload
 from harness.validation import errors
 
 CODE, ARTIFACT, DATA = "code", "artifact", "data"
@@ -85,10 +86,10 @@ def artifact_of(out: Path) -> Path:
 
 
 def phase_succeeded(record: dict[str, Any], out: Path) -> bool:
-    """The job exited 0 (and, for train, left at least one artifact file)."""
+    """The job exited 0 (and, for train, left at least one regular artifact file)."""
     if record["process"]["returncode"] != 0:
         return False
-    return record["phase"] != "train" or any(p.is_file() for p in (out / record["artifact"]).rglob("*"))
+    return record["phase"] != "train" or bool(payload.scan(out / record["artifact"], hash_files=False).files)
 
 
 # --- the finished seed and its facts -----------------------------------------------------------

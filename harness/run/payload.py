@@ -1,0 +1,160 @@
+"""What a submission carries into its phases, and the one rule for counting it: the staged code and the
+artifact.
+
+The code: every file the submission folder ships counts, except its documentation and claims
+(README.md, submission.json, requirements.txt, *.log) — so a weight file shipped beside
+train_gpt.py is counted, not smuggled. Only those files are staged, and both phases run from the
+staged copy, so eval cannot load anything else of the folder. The artifact: only regular files in
+plain folders may carry state from train to eval; each file's bytes count and so does each
+entry's relative path (UTF-8), so data cannot hide in names; a symlink, a hard link, a FIFO, a
+socket or a device is refused. Both are fingerprinted before the phase that uses them and again
+after it (and at verify), so a change made by a job shows.
+
+Every scan here walks without following links, never raises for what a job left behind (long
+names, deep trees, many files, unreadable or special files each become a finding), and reads no
+file that is not a regular one.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.findings import UsageError
+
+NOT_CODE = ("README.md", "submission.json", "requirements.txt", "*.log")  # shipped, never run: not counted
+SKIPPED_FOLDERS = ("__pycache__",)
+MAX_LISTED = 20  # entries named in a finding; the rest are counted
+
+
+def is_code(relative: str) -> bool:
+    name = relative.rsplit("/", 1)[-1]
+    return not any(fnmatch.fnmatchcase(name, pattern) for pattern in NOT_CODE)
+
+
+@dataclass
+class Scan:
+    """A folder as the rule sees it: relative path -> (size, sha256) of each regular file, the name bytes,
+    and what is refused or unreadable."""
+    files: dict[str, tuple[int, str]] = field(default_factory=dict)
+    folders: list[str] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (relative path, kind)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why)
+
+    @property
+    def file_bytes(self) -> int:
+        return sum(size for size, _ in self.files.values())
+
+    @property
+    def name_bytes(self) -> int:
+        return sum(len(os.fsencode(p)) for p in [*self.files, *self.folders])
+
+    @property
+    def total(self) -> int:
+        return self.file_bytes + self.name_bytes
+
+    def digest(self) -> str:
+        """One hash of the fingerprint: what a phase record keeps to compare against later."""
+        return hashlib.sha256(json.dumps(sorted(self.fingerprint().items())).encode()).hexdigest()
+
+    def fingerprint(self) -> dict[str, str]:
+        """Everything a change could touch: content, names, and what was refused or unreadable."""
+        out = {path: f"{size}:{digest}" for path, (size, digest) in self.files.items()}
+        out |= {path: "folder" for path in self.folders}
+        out |= {path: f"refused:{kind}" for path, kind in self.refused}
+        out |= {path: f"unreadable:{why}" for path, why in self.unreadable}
+        return out
+
+
+def _kind(mode: int, links: int) -> str | None:
+    """Why an entry may not carry state, or None for a plain file or folder."""
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISREG(mode):
+        return "hard link" if links > 1 else None
+    if stat.S_ISDIR(mode):
+        return None
+    return {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "device",
+            stat.S_IFBLK: "device"}.get(stat.S_IFMT(mode), "special file")
+
+
+def scan(folder: Path, hash_files: bool = True) -> Scan:
+    """Walk `folder` (never following links) and apply the rule; never raises for its content."""
+    out = Scan()
+    stack = [""]
+    while stack:
+        relative = stack.pop()
+        try:
+            entries = sorted(os.scandir(os.path.join(folder, relative)), key=lambda e: e.name)
+        except OSError as exc:
+            out.unreadable.append((relative or ".", exc.strerror or str(exc)))  # e.g. a path past PATH_MAX
+            continue
+        for entry in entries:
+            path = f"{relative}/{entry.name}" if relative else entry.name
+            try:
+                path.encode("utf-8")
+                info = entry.stat(follow_symlinks=False)
+            except UnicodeEncodeError:
+                out.refused.append((_printable(path), "name not UTF-8"))
+                continue
+            except OSError as exc:
+                out.unreadable.append((path, exc.strerror or str(exc)))
+                continue
+            kind = _kind(info.st_mode, info.st_nlink)
+            if kind is not None:
+                out.refused.append((path, kind))
+            elif stat.S_ISDIR(info.st_mode):
+                if entry.name not in SKIPPED_FOLDERS:
+                    out.folders.append(path)
+                    stack.append(path)
+            else:
+                try:
+                    out.files[path] = (info.st_size, _sha256(entry.path) if hash_files else "")
+                except OSError as exc:
+                    out.unreadable.append((path, exc.strerror or str(exc)))
+    return out
+
+
+def _printable(path: str) -> str:
+    """A name that is not UTF-8, as JSON can carry it: its undecodable bytes escaped."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stage_code(submission: Path, code: Path) -> Scan:
+    """Copy the submission's code files (all but NOT_CODE) into `code`: the only files either phase runs from.
+    A link or special file in the submission folder is the user's error: ship the file itself."""
+    found = scan(submission)
+    if found.refused or found.unreadable:
+        path, why = (found.refused or found.unreadable)[0]
+        raise UsageError(f"{submission / path}: {why} in the submission folder; ship plain files only")
+    code.mkdir(parents=True)
+    for path in found.files:
+        if is_code(path):
+            (code / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(submission / path, code / path)
+    return scan(code)
+
+
+def changes(before: Scan, after: Scan) -> list[tuple[str, str]]:
+    """(path, what happened) for every entry that differs between two scans of one folder."""
+    old, new = before.fingerprint(), after.fingerprint()
+    return [(path, "removed" if path not in new else "added" if path not in old else "changed")
+            for path in sorted(old.keys() | new.keys()) if old.get(path) != new.get(path)]
+
+
+def listed(entries: list[tuple[str, str]]) -> str:
+    shown = ", ".join(f"{path} ({why})" for path, why in entries[:MAX_LISTED])
+    return shown + (f" and {len(entries) - MAX_LISTED} more" if len(entries) > MAX_LISTED else "")

@@ -1,0 +1,91 @@
+"""harness.run.payload: what a submission carries is counted by one rule, and a hostile folder never
+stops the scan."""
+import os
+import socket
+
+import pytest
+
+from harness.findings import UsageError
+from harness.run import payload
+from harness.run.judge import artifact_findings
+
+
+def codes(findings):
+    return {f.code: f.status for f in findings}
+
+
+def test_names_count_and_files_count(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "weights.bin").write_bytes(b"x" * 100)
+    for i in range(50):  # data hidden in names: each name is counted
+        (tmp_path / f"{i:04d}{'a' * 200}").touch()
+    found = payload.scan(tmp_path)
+    assert found.file_bytes == 100
+    assert found.name_bytes == len("m") + len("m/weights.bin") + 50 * 204
+    assert found.total == found.file_bytes + found.name_bytes and not found.refused
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "folder symlink", "hard link", "fifo", "socket"])
+def test_anything_but_plain_files_and_folders_is_refused(tmp_path, kind):
+    art = tmp_path / "artifact"
+    art.mkdir()
+    (art / "model.pt").write_bytes(b"m" * 10)
+    if kind == "symlink":
+        (art / "extra").symlink_to(art / "model.pt")
+    elif kind == "dangling symlink":
+        (art / "extra").symlink_to("/nonexistent/" + "w" * 3000)  # the model in the target's text
+    elif kind == "folder symlink":
+        (tmp_path / "outside").mkdir()
+        (tmp_path / "outside" / "big.bin").write_bytes(b"b" * 1000)
+        (art / "extra").symlink_to(tmp_path / "outside")
+    elif kind == "hard link":
+        os.link(art / "model.pt", tmp_path / "elsewhere")
+    elif kind == "fifo":
+        os.mkfifo(art / "extra")
+    else:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(art / "extra"))
+    found = payload.scan(art)
+    assert found.refused and found.refused[0][1] in ("symlink", "hard link", "fifo", "socket")
+    findings, _ = artifact_findings(found, payload.scan(tmp_path / "artifact"), 16_000_000)
+    assert codes(findings)["size.artifact_entry"] == "fail"
+
+
+def test_deep_long_and_many_never_raise(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY)
+    for _ in range(30):  # 6,000 characters deep: past PATH_MAX, made through directory descriptors
+        os.mkdir("d" * 200, dir_fd=fd)
+        fd, parent = os.open("d" * 200, os.O_RDONLY, dir_fd=fd), fd
+        os.close(parent)
+    os.close(fd)
+    for i in range(3000):
+        (tmp_path / f"f{i}").touch()
+    found = payload.scan(tmp_path)
+    assert len(found.files) == 3000 and found.folders
+    assert found.unreadable and found.unreadable[0][1] == "File name too long"  # a finding, not a crash
+
+
+def test_changes_name_what_happened(tmp_path):
+    (tmp_path / "a").write_text("1")
+    (tmp_path / "b").write_text("2")
+    before = payload.scan(tmp_path)
+    (tmp_path / "a").write_text("3")
+    (tmp_path / "b").unlink()
+    (tmp_path / "c").write_text("4")
+    assert payload.changes(before, payload.scan(tmp_path)) == [("a", "changed"), ("b", "removed"), ("c", "added")]
+    assert before.digest() != payload.scan(tmp_path).digest()
+
+
+def test_staging_takes_every_code_file_and_no_docs(tmp_path):
+    sub = tmp_path / "sub"
+    (sub / "lib").mkdir(parents=True)
+    for name in ("train_gpt.py", "prior.pt", "lib/helper.py", "README.md", "submission.json", "requirements.txt",
+                 "train_seed1.log"):
+        (sub / name).write_text("x")
+    (sub / "__pycache__").mkdir()
+    (sub / "__pycache__" / "x.pyc").write_text("x")
+    staged = payload.stage_code(sub, tmp_path / "code")
+    assert sorted(staged.files) == ["lib/helper.py", "prior.pt", "train_gpt.py"]
+    (sub / "link").symlink_to(sub / "prior.pt")
+    with pytest.raises(UsageError, match="symlink in the submission folder"):
+        payload.stage_code(sub, tmp_path / "code2")
