@@ -140,7 +140,7 @@ def artifact_findings(artifact: payload.Scan, code: payload.Scan, limit: int) ->
     return out, total
 
 
-def metric_findings(ledger: Ledger, tokens: np.ndarray, tokenizer: Path, sidecar: np.ndarray | None,
+def metric_findings(ledger: Ledger, tokens: np.ndarray, tokenizer: bytes, sidecar: np.ndarray | None,
                      received: Received) -> tuple[list[Finding], dict[str, Any]]:
     """val_bpb from the ledger's NLLs with the harness's byte accounting, against the submission's own."""
     import sentencepiece as spm
@@ -152,7 +152,7 @@ def metric_findings(ledger: Ledger, tokens: np.ndarray, tokenizer: Path, sidecar
     if sidecar is not None:
         result = score(ledger.nll[1:], tokens, sidecar=sidecar)
     else:
-        result = score(ledger.nll[1:], tokens, table=build_table(spm.SentencePieceProcessor(model_file=str(tokenizer))))
+        result = score(ledger.nll[1:], tokens, table=build_table(spm.SentencePieceProcessor(model_proto=tokenizer)))
     facts = {"val_loss": result.loss, "val_bpb": result.bpb, "tokens": result.tokens, "bytes": result.bytes}
     out = [Finding("metric", PASS, "metric.computed", f"harness val_bpb {result.bpb:.8f} (val_loss {result.loss:.8f} "
                    f"nats/token over {result.tokens:,} targets and {result.bytes:,} bytes)", data=facts)]

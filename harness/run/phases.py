@@ -114,8 +114,10 @@ def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track
     return record
 
 
-def eval_phase(phase: PhaseSpec, rules: Rules) -> dict[str, Any]:
-    """Run the eval job on the artifact the train phase left, with the ledger; return (and write) its record."""
+def eval_phase(phase: PhaseSpec, rules: Rules, data_digest: str | None = None) -> dict[str, Any]:
+    """Run the eval job on the artifact the train phase left, with the ledger; return (and write) its record.
+    The harness scores with the validation shards and tokenizer as read before the job starts, and fails the
+    phase if they changed (`data_digest`: the view as it was before the train phase, when the caller has it)."""
     train = seedfolder.read_record(phase.out, "train")
     if train is None:
         raise UsageError(f"{phase.out}: no phase_train.json; run `pgolf phase train` first")
@@ -135,11 +137,14 @@ def eval_phase(phase: PhaseSpec, rules: Rules) -> dict[str, Any]:
         val_paths, sidecars = val_shards(phase.data), val_byte_sidecars(phase.data)
         tokens = read_tokens(val_paths)
         sidecar = read_tokens(sidecars) if sidecars else None
+        tokenizer_bytes = tokenizer.read_bytes()
     except (ShardError, OSError) as exc:
         raise UsageError(f"cannot read the validation shards in {phase.data}: {exc}") from None
     code = phase.out / seedfolder.CODE
-    code_before, artifact_before = payload.scan(code), payload.scan(phase.artifact)
-    findings = judge.digest_findings("eval", code_before, train["code_digest"], "code",
+    code_before, artifact_before, data_before = (payload.scan(p) for p in (code, phase.artifact, phase.data))
+    findings = [] if data_digest is None else judge.digest_findings(
+        "eval", data_before, data_digest, "data", "since before the train phase")
+    findings += judge.digest_findings("eval", code_before, train["code_digest"], "code",
                                      "since the train phase staged it")
     findings += judge.digest_findings("eval", artifact_before, train["artifact_digest"], "artifact",
                                       "since the train phase ended")
@@ -152,9 +157,10 @@ def eval_phase(phase: PhaseSpec, rules: Rules) -> dict[str, Any]:
     findings += ledger.findings()
     findings += judge.change_findings("eval", "code", code_before, payload.scan(code))
     findings += judge.change_findings("eval", "artifact", artifact_before, payload.scan(phase.artifact))
+    findings += judge.change_findings("eval", "data", data_before, payload.scan(phase.data))
     facts: dict[str, Any] = {}
     if process.returncode == 0:
-        metric, facts = judge.metric_findings(ledger, tokens, tokenizer, sidecar, got)
+        metric, facts = judge.metric_findings(ledger, tokens, tokenizer_bytes, sidecar, got)
         findings += metric
     record = {"phase": "eval", "skipped": False, "limit_s": phase.limit_s,
               "process": judge.process_facts(process, marked), "metric": facts,

@@ -14,7 +14,7 @@ from pathlib import Path
 from harness.data.shards import ShardError, train_shards, val_byte_sidecars, val_shards
 from harness.findings import UsageError
 from harness.rules import Rules
-from harness.run import seedfolder
+from harness.run import payload, seedfolder
 from harness.run.backend import Backend, Native
 from harness.run.judge import verify
 from harness.run.legacy import run_legacy
@@ -61,8 +61,9 @@ def run_seed(spec: RunSpec, rules: Rules) -> Verdict:
     val_names = tuple(sorted(p.name for p in val_data.glob("fineweb_*")))
     hide_from_train = ((spec.dataset, val_names), (val_data, val_names))
     hide_from_eval = ((spec.dataset, train_names), (train_data, train_names))
+    val_digest = payload.scan(val_data).digest()  # the tokenizer is one inode in both views: a train job must not touch it
     train_phase(PhaseSpec(spec.out, train_data, artifact, spec.train_limit_s, spec.grace_s, spec.echo,
                           hide_from_train, spec.backend), spec.submission, spec.seed, spec.nproc, spec.track, rules)
     eval_phase(PhaseSpec(spec.out, val_data, artifact, spec.eval_limit_s, spec.grace_s, spec.echo,
-                         hide_from_eval, spec.backend), rules)
+                         hide_from_eval, spec.backend), rules, val_digest)
     return verify(spec.out, rules)
