@@ -126,7 +126,7 @@ def test_demo_passes_in_containers_and_scores_what_the_native_runner_scores(engi
             assert "no-new-privileges:true" in config["security_opt"] and config["init"] is True
             assert mounts[view]["rw"] is False and mounts["/code"]["rw"] is False
             assert mounts["/artifact"]["rw"] is (phase == "train")
-            assert config["read_only_root"] is (phase == "eval")
+            assert config["read_only_root"] is True  # every phase: scratch is /tmp only
             assert not any(DEMO_DATASET.is_relative_to(m["source"]) for m in config["mounts"])  # only tripwires there
         for clocks in (f for f in verdict["findings"] if f["code"] == "container.clocks"):
             engine_s, harness_s = clocks["data"]["engine_s"], clocks["data"]["harness_s"]
