@@ -15,6 +15,9 @@ Prints both loss curves, step counts, tokens/s before and after looping and the 
 writes runs.json, side_by_side.md and one log per run into --out.
 Usage: python benchmarks/side_by_side_h100.py --ref RECORD/train_gpt.py --out DIR --seconds 50 \
            --run ref/1337 --run anchor/1337 --run anchor+ATTN_GATE=1/1337
+       python benchmarks/side_by_side_h100.py --report DIR/runs.json
+On one H100 with --seconds 40 --warmup-steps 3 a run takes 100-185 s (the first of each script compiles
+cold), so four runs fit one 600 s device call, with 22 s to build the corpus.
 """
 from __future__ import annotations
 
@@ -268,7 +271,7 @@ def run_one(spec: str, args, data: Path, site: str) -> dict:
     lines = launch(cmd, env, workdir, args.out / f"{workdir.name}.log", stop_at, args.seconds + args.slack)
     result = {"run": spec, "recipe": recipe, "seed": int(seed), "wall_s": round(time.perf_counter() - start, 1)}
     result |= parse(lines, name == "ref")
-    if result["heldout_ema"] is None:
+    if result["heldout_raw"] is None:  # it did not get through training: keep what it said last
         result["tail"] = [line for _, line in lines[-15:]]
     return result
 
@@ -323,6 +326,11 @@ def report(runs: list[dict], seconds: float, corpus: dict, checkpoints: list[int
 def main() -> None:
     if "--worker" in sys.argv:
         return worker()
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":  # the table again from a runs.json, e.g. of a call cut short
+        saved = json.loads(Path(sys.argv[2]).read_text())
+        runs = [r | {"curve": {int(k): v for k, v in r["curve"].items()}} for r in saved["runs"]]
+        steps = max((r["steps"] for r in runs), default=0)
+        return print(report(runs, saved["seconds"], saved["corpus"], list(range(10, steps + 1, 10))))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", type=Path, required=True, help="the #1493 record's train_gpt.py, unchanged")
     parser.add_argument("--out", type=Path, required=True)
