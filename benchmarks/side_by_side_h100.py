@@ -27,6 +27,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -256,6 +257,10 @@ def run_one(spec: str, args, data: Path, site: str) -> dict:
                EMA_DECAY=str(args.ema), WARMUP_STEPS=str(args.warmup_steps), TRAIN_LOG_EVERY="1")
     workdir = Path(tempfile.gettempdir()) / "side_by_side" / spec.replace("/", "_").replace("+", "_").replace("=", "")
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.cold:  # empty compile caches of its own, so start-up is not helped by whichever run came first
+        for cache in ("inductor", "triton"):
+            shutil.rmtree(workdir / cache, ignore_errors=True)
+        env.update(TORCHINDUCTOR_CACHE_DIR=str(workdir / "inductor"), TRITON_CACHE_DIR=str(workdir / "triton"))
     if name == "ref":
         env.update(DATA_DIR=str(data), RUN_ID="run", VAL_LOSS_EVERY="0",
                    PYTHONPATH=os.pathsep.join(p for p in (str(STANDIN), site) if p))
@@ -338,12 +343,13 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, help="recipe[+KEY=VALUE...]/seed; recipe: ref or "
                                                                       + " | ".join(RECIPES))
     parser.add_argument("--seconds", type=float, default=50.0, help="training wall clock of every run")
-    parser.add_argument("--ema", type=float, default=0.9)
+    parser.add_argument("--ema", type=float, default=0.9, help="EMA decay of both, for the held-out score")
     parser.add_argument("--ref-ema", action="store_true", help="let the record script also score its EMA weights")
     parser.add_argument("--warmup-steps", type=int, default=20, help="compile warm-up steps per graph (rolled back)")
     parser.add_argument("--train-tokens", type=int, default=40_000_000)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--slack", type=float, default=420.0, help="seconds a run may take beyond --seconds")
+    parser.add_argument("--cold", action="store_true", help="every run compiles into empty inductor and Triton caches")
     parser.add_argument("--checkpoints", default="10,20,30,40,50")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
