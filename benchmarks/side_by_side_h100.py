@@ -16,6 +16,9 @@ writes runs.json, side_by_side.md and one log per run into --out.
 Usage: python benchmarks/side_by_side_h100.py --ref RECORD/train_gpt.py --out DIR --seconds 50 \
            --run ref/1337 --run anchor/1337 --run anchor+ATTN_GATE=1/1337
        python benchmarks/side_by_side_h100.py --report DIR/runs.json
+With --profile-step N every run also prints the GPU kernels of its step N (the record script then runs
+through runpy so the profiler can hook its loader; its code is still not changed); --cold gives every
+run empty compile caches, for start-up times that do not depend on the order of the runs.
 On one H100 with --seconds 40 --warmup-steps 3 a run takes 100-185 s (the first of each script compiles
 cold), so four runs fit one 600 s device call, with 22 s to build the corpus.
 """
@@ -142,6 +145,70 @@ def build_corpus(data_dir: Path, train_tokens: int, shards: int, tokenizer_lines
 
 
 # ----------------------------------------------------------------------------------------------
+# One step under the profiler (--profile-step), for either script, through its loader
+
+
+def kernel_table(prof, top: int = 15) -> dict:
+    """GPU time of one profiled window by kernel, and by kind: attention, matrix products, the rest."""
+    import torch
+
+    totals: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            totals[event.name] = totals.get(event.name, 0.0) + event.device_time_total / 1e3
+    kinds = {"attention": ("attention", "fmha", "flash", "cudnn"), "matmul": ("gemm", "nvjet", "xmma", "cutlass")}
+    by_kind = {kind: 0.0 for kind in (*kinds, "other")}
+    for name, ms in totals.items():
+        kind = next((k for k, words in kinds.items() if any(w in name.lower() for w in words)), "other")
+        by_kind[kind] += ms
+    heaviest = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return {"total_ms": round(sum(totals.values()), 1), "kernels": len(totals),
+            "by_kind_ms": {k: round(v, 1) for k, v in by_kind.items()},
+            "top": [[name[:100], round(ms, 2)] for name, ms in heaviest]}
+
+
+def profile_step(loader_class: type) -> None:
+    """Profile the GPU work from the first micro-batch of step SBS_PROFILE_STEP to that of the next one.
+
+    Counting calls of the loader's next_batch finds the step in either script without touching its
+    training loop: 8 micro-batches a step on one GPU, after WARMUP_STEPS warm-up steps of each of the
+    two graphs. Between the two marks lie that step's forward and backward passes, clipping, the
+    optimizers and the EMA.
+    """
+    import torch
+
+    step = int(os.environ.get("SBS_PROFILE_STEP", "0"))
+    if not step:
+        return
+    first = 2 * 8 * int(os.environ.get("WARMUP_STEPS", "20")) + 8 * (step - 1) + 1
+    original, calls, state = loader_class.next_batch, [0], {}
+
+    def next_batch(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] in (first, first + 8) and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if calls[0] == first:
+            kind = "CUDA" if torch.cuda.is_available() else "CPU"  # the CPU only to try this code out
+            state["prof"] = torch.profiler.profile(activities=[getattr(torch.profiler.ProfilerActivity, kind)])
+            state["prof"].__enter__()
+        elif calls[0] == first + 8:
+            state["prof"].__exit__(None, None, None)
+            print(f"profile step:{step} " + json.dumps(kernel_table(state["prof"])), flush=True)
+        return original(self, *args, **kwargs)
+
+    loader_class.next_batch = next_batch
+
+
+def ref_child(script: str) -> None:
+    """The record script as it is, run as a module so that profile_step can find its loader first."""
+    import runpy
+
+    module = runpy.run_path(script, run_name="record_script")
+    profile_step(module["ShuffledSequenceLoader"])
+    module["main"]()
+
+
+# ----------------------------------------------------------------------------------------------
 # submission/ in a child process: train through train_gpt.train(), then score the held-out tokens
 
 
@@ -184,6 +251,7 @@ def worker() -> None:
             super().apply()
 
     T.EMA = MeasuredEMA
+    profile_step(T.TrainLoader)
     vocab = spm.SentencePieceProcessor(model_file=cfg.tokenizer_path).vocab_size()
     model, _, _ = T.train(cfg, ctx, vocab, T.pick_attention_backend(cfg.attn_backend, ctx.device),
                           Events.from_env(ctx.rank, ctx.world))
@@ -197,7 +265,7 @@ def worker() -> None:
 def launch(cmd: list[str], env: dict, cwd: Path, log: Path, stop_at: str | None, timeout: float) -> list:
     """Run cmd, timestamping every output line into log; end it once a line contains stop_at."""
     lines, start = [], time.perf_counter()
-    with log.open("w") as out, subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
+    with log.open("w", buffering=1) as out, subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
                                                 stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
@@ -235,6 +303,8 @@ def parse(lines: list, is_ref: bool) -> dict:
                              ("ema", r"^pre-quantization post-ema val_loss:([\d.]+)" if is_ref else r"^heldout ema_loss:([\d.]+)")):
             if m := re.match(pattern, line):
                 found[key] = float(m[1]) if key in ("raw", "ema") else int(m[1])
+        if m := re.match(r"^profile step:(\d+) (\{.*\})$", line):
+            found["profile"] = {"step": int(m[1])} | json.loads(m[2])
     steps = sorted(elapsed)
     rates = {s: (s - p) * BATCH_TOKENS / (elapsed[s] - elapsed[p]) for p, s in zip(steps, steps[1:]) if elapsed[s] > elapsed[p]}
     loop = found.get("loop_step")
@@ -244,7 +314,7 @@ def parse(lines: list, is_ref: bool) -> dict:
             "heldout_ema": found.get("ema"), "peak_mib": found.get("peak_mib"),
             "tok_s_before_loop": round(median(before)) if before else None,
             "tok_s_after_loop": round(median(after)) if after else None,
-            "startup_s": round(first_at, 1) if first_at is not None else None,
+            "startup_s": round(first_at, 1) if first_at is not None else None, "profile": found.get("profile"),
             "train_s": round(elapsed[steps[-1]], 1) if steps else None}
 
 
@@ -254,7 +324,8 @@ def run_one(spec: str, args, data: Path, site: str) -> dict:
     name, *overrides = recipe.split("+")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHONUNBUFFERED="1", SEED=seed, MAX_WALLCLOCK_SECONDS=str(args.seconds + 12), GPTQ_RESERVE_SECONDS="12",
-               EMA_DECAY=str(args.ema), WARMUP_STEPS=str(args.warmup_steps), TRAIN_LOG_EVERY="1")
+               EMA_DECAY=str(args.ema), WARMUP_STEPS=str(args.warmup_steps), TRAIN_LOG_EVERY="1",
+               SBS_PROFILE_STEP=str(args.profile_step))
     workdir = Path(tempfile.gettempdir()) / "side_by_side" / spec.replace("/", "_").replace("+", "_").replace("=", "")
     workdir.mkdir(parents=True, exist_ok=True)
     if args.cold:  # empty compile caches of its own, so start-up is not helped by whichever run came first
@@ -265,7 +336,10 @@ def run_one(spec: str, args, data: Path, site: str) -> dict:
         env.update(DATA_DIR=str(data), RUN_ID="run", VAL_LOSS_EVERY="0",
                    PYTHONPATH=os.pathsep.join(p for p in (str(STANDIN), site) if p))
         # its raw-weights score ends the run unless the EMA score is wanted too (a second compiled graph, ≈20 s)
-        cmd, stop_at = [sys.executable, str(args.ref.resolve())], "pre-quantization post-ema" if args.ref_ema else " val_loss: "
+        cmd = [sys.executable, str(args.ref.resolve())]
+        if args.profile_step:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--ref-child", str(args.ref.resolve())]
+        stop_at = "pre-quantization post-ema" if args.ref_ema else " val_loss: "
     else:
         env.update(RECIPES[name], PRESET="h100x1", ATTN_BACKEND="sdpa", HOLDOUT_EVERY="0",
                    DATA_PATH=str(data / "datasets" / VARIANT), TOKENIZER_PATH=str(data / "tokenizers" / TOKENIZER),
@@ -325,12 +399,21 @@ def report(runs: list[dict], seconds: float, corpus: dict, checkpoints: list[int
                 d = [None if r[k] is None or ref[seed][k] is None else round(r[k] - ref[seed][k], 4)
                      for k in ("heldout_raw", "heldout_ema")]
                 lines.append(f"| {recipe} | {seed} | {curve_gap(r, ref[seed])} | {d[0]} | {d[1]} |")
+    profiled = [r for r in runs if r.get("profile")]
+    if profiled:
+        lines += ["", "| run | profiled step | GPU ms | attention | matmul | other | kernels |", "|---|---|---|---|---|---|---|"]
+        for r in profiled:
+            prof = r["profile"]
+            lines.append(f"| {r['run']} | {prof['step']} | {prof['total_ms']} | {prof['by_kind_ms']['attention']} | "
+                         f"{prof['by_kind_ms']['matmul']} | {prof['by_kind_ms']['other']} | {prof['kernels']} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     if "--worker" in sys.argv:
         return worker()
+    if len(sys.argv) == 3 and sys.argv[1] == "--ref-child":
+        return ref_child(sys.argv[2])
     if len(sys.argv) == 3 and sys.argv[1] == "--report":  # the table again from a runs.json, e.g. of a call cut short
         saved = json.loads(Path(sys.argv[2]).read_text())
         runs = [r | {"curve": {int(k): v for k, v in r["curve"].items()}} for r in saved["runs"]]
@@ -350,6 +433,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--slack", type=float, default=420.0, help="seconds a run may take beyond --seconds")
     parser.add_argument("--cold", action="store_true", help="every run compiles into empty inductor and Triton caches")
+    parser.add_argument("--profile-step", type=int, default=0, help="kernel table of this step in every run (its "
+                                                                    "time then includes the profiler's)")
     parser.add_argument("--checkpoints", default="10,20,30,40,50")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
