@@ -99,6 +99,7 @@ class Config:
     adam_eps: float = 1e-8
     grad_clip: float = 0.3
     ema_decay: float = 0.9965
+    loader: str = "shard"       # shard: batches from one shard at a time | mixed: every batch from all shards
     holdout_tokens: int = 262144  # tail of the training stream kept out of training, for monitoring
     holdout_every: int = 1000
     train_log_every: int = 100
@@ -238,40 +239,57 @@ def shard_files(data_path: str, split: str) -> list[str]:
 
 
 class TrainLoader:
-    """Training sequences: per shard a random phase offset and a random order of sequence starts.
+    """Training sequences, each epoch in a fresh random order.
 
-    Every rank draws the same plan from the same seed and takes its own slice of each batch, so the
-    ranks never read the same sequence. The last `holdout` tokens of the stream are never served:
-    they monitor the loss on text the model has not trained on.
+    `shard` plans one shard at a time (a random phase offset, then its sequence starts in random
+    order), so consecutive batches come from the same shard. `mixed` plans every sequence of every
+    shard (each shard with its own phase) in one random order, so each batch samples all shards: the
+    distribution of the #1493 loader, which matters when shards differ in content. Every rank draws
+    the same plan from the same seed and takes its own slice of each batch, so the ranks never read
+    the same sequence. The last `holdout` tokens of the stream are never served: they monitor the
+    loss on text the model has not trained on.
     """
 
-    def __init__(self, files: list[str], seq_len: int, seqs_per_rank: int, ctx: Dist, seed: int, holdout: int):
+    def __init__(self, files: list[str], seq_len: int, seqs_per_rank: int, ctx: Dist, seed: int, holdout: int,
+                 mode: str = "shard"):
+        if mode not in ("shard", "mixed"):
+            raise SystemExit(f"train_gpt.py: LOADER={mode!r} is not one of shard, mixed")
         self.shards = [read_shard(f) for f in files]
         self.holdout = np.asarray(self.shards[-1][len(self.shards[-1]) - holdout:]) if holdout else np.empty(0, np.uint16)
         self.shards[-1] = self.shards[-1][:len(self.shards[-1]) - holdout]
-        self.seq_len, self.per_rank, self.ctx = seq_len, seqs_per_rank, ctx
-        if max((len(s) - 1) // seq_len for s in self.shards) <= seqs_per_rank * ctx.world:
+        self.seq_len, self.per_rank, self.ctx, self.mixed = seq_len, seqs_per_rank, ctx, mode == "mixed"
+        biggest = (sum if self.mixed else max)((len(s) - 1) // seq_len for s in self.shards)
+        if biggest <= seqs_per_rank * ctx.world:
             raise SystemExit(f"train_gpt.py: the training shards are too small for batches of {seqs_per_rank * ctx.world} "
                              f"sequences of {seq_len} tokens")
         self.rng = np.random.default_rng(seed)
         self.order: list[int] = []
-        self.starts, self.cursor = np.empty(0, np.int64), 0
+        self.sources, self.starts, self.cursor = np.empty(0, np.int64), np.empty(0, np.int64), 0
 
-    def _next_shard(self) -> None:
-        if not self.order:
-            self.order = [int(i) for i in self.rng.permutation(len(self.shards))]
-        self.tokens = self.shards[self.order.pop()]
-        offset = int(self.rng.integers(self.seq_len))
-        count = (len(self.tokens) - offset - 1) // self.seq_len
-        self.starts, self.cursor = offset + self.seq_len * self.rng.permutation(count), 0
+    def _plan(self) -> None:
+        if self.mixed:
+            planned = range(len(self.shards))
+        else:
+            if not self.order:
+                self.order = [int(i) for i in self.rng.permutation(len(self.shards))]
+            planned = [self.order.pop()]
+        sources, starts = [], []
+        for i in planned:
+            offset = int(self.rng.integers(self.seq_len))
+            count = (len(self.shards[i]) - offset - 1) // self.seq_len
+            sources.append(np.full(count, i))
+            starts.append(offset + self.seq_len * np.arange(count))
+        order = self.rng.permutation(sum(map(len, starts)))
+        self.sources, self.starts, self.cursor = np.concatenate(sources)[order], np.concatenate(starts)[order], 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         need = self.per_rank * self.ctx.world
         while len(self.starts) - self.cursor < need:
-            self._next_shard()
+            self._plan()
         lo = self.cursor + self.ctx.rank * self.per_rank
-        mine, self.cursor = self.starts[lo:lo + self.per_rank], self.cursor + need
-        batch = torch.from_numpy(np.stack([self.tokens[s:s + self.seq_len + 1] for s in mine]).astype(np.int64))
+        mine = zip(self.sources[lo:lo + self.per_rank], self.starts[lo:lo + self.per_rank])
+        self.cursor += need
+        batch = torch.from_numpy(np.stack([self.shards[i][s:s + self.seq_len + 1] for i, s in mine]).astype(np.int64))
         if self.ctx.cuda:
             batch = batch.pin_memory().to(self.ctx.device, non_blocking=True)
         return batch[:, :-1], batch[:, 1:]
@@ -714,7 +732,8 @@ def train(cfg: Config, ctx: Dist, vocab: int, backend: str, events) -> tuple[GPT
     if rest or per_rank == 0:
         raise SystemExit(f"train_gpt.py: TRAIN_BATCH_TOKENS={cfg.train_batch_tokens} is not a multiple of "
                          f"train_seq_len x world_size x grad_accum_steps = {cfg.train_seq_len * ctx.world * accum}")
-    make_loader = lambda: TrainLoader(files, cfg.train_seq_len, per_rank, ctx, cfg.seed, cfg.holdout_tokens)  # noqa: E731
+    make_loader = lambda: TrainLoader(files, cfg.train_seq_len, per_rank, ctx, cfg.seed, cfg.holdout_tokens,  # noqa: E731
+                                      cfg.loader)
     loader = make_loader()
     log(ctx, f"seed:{cfg.seed}")
     log(ctx, f"world_size:{ctx.world} grad_accum_steps:{accum}")

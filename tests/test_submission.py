@@ -371,21 +371,37 @@ def test_the_folder_passes_pgolf_check_but_for_its_name(rules):
     assert (log.get("code_bytes_uncompressed").value, log.get("code_bytes_compressed").value) == (raw, compressed)
 
 
-def test_loader_gives_ranks_disjoint_sequences_and_keeps_the_holdout_out():
+@pytest.mark.parametrize("mode", ["shard", "mixed"])
+def test_loader_gives_ranks_disjoint_sequences_and_keeps_the_holdout_out(mode):
     files = [str(p) for p in train_shards(DEMO_DATASET)]
     stream = np.concatenate([np.asarray(T.read_shard(f)) for f in files])
-    loaders = [T.TrainLoader(files, 32, 3, T.Dist(rank=r, world=2), seed=5, holdout=4096) for r in (0, 1)]
+    loaders = [T.TrainLoader(files, 32, 3, T.Dist(rank=r, world=2), seed=5, holdout=4096, mode=mode) for r in (0, 1)]
     assert np.array_equal(loaders[0].holdout, stream[-4096:])
     served_tail = len(stream) - 4096
     for _ in range(40):
         batches = [loader.next_batch() for loader in loaders]
-        starts = [loader.starts[loader.cursor - 6:loader.cursor] for loader in loaders]
-        assert np.array_equal(starts[0], starts[1])  # one shared plan ...
+        plans = [(loader.sources[loader.cursor - 6:loader.cursor], loader.starts[loader.cursor - 6:loader.cursor])
+                 for loader in loaders]
+        assert all(np.array_equal(a, b) for a, b in zip(*plans))  # one shared plan ...
+        shards = loaders[0].shards
         for r, (x, y) in enumerate(batches):  # ... of which each rank takes its own slice
             assert torch.equal(x[:, 1:], y[:, :-1])
-            mine = starts[r][3 * r:3 * r + 3]
-            assert torch.equal(x, torch.from_numpy(np.stack([loaders[r].tokens[s:s + 32] for s in mine]).astype(np.int64)))
-        assert loaders[0].order == loaders[1].order and np.array_equal(loaders[0].tokens, loaders[1].tokens)
-        if loaders[0].tokens is loaders[0].shards[-1]:
-            assert int(starts[0].max()) + 33 <= len(loaders[0].shards[-1])
+            mine = zip(*(part[3 * r:3 * r + 3] for part in plans[r]))
+            assert torch.equal(x, torch.from_numpy(np.stack([shards[i][s:s + 32] for i, s in mine]).astype(np.int64)))
+        sources, starts = plans[0]
+        assert all(s + 33 <= len(shards[i]) for i, s in zip(sources, starts))
+        if mode == "shard":
+            assert len(set(sources.tolist())) == 1
     assert sum(len(s) for s in loaders[0].shards) == served_tail
+
+
+def test_mixed_loader_serves_every_sequence_of_every_shard_once_per_epoch():
+    files = [str(p) for p in train_shards(DEMO_DATASET)]
+    loader = T.TrainLoader(files, 32, 4, CPU, seed=3, holdout=0, mode="mixed")
+    loader.next_batch()
+    sources, starts = loader.sources.copy(), loader.starts.copy()
+    assert len(set(sources[:64].tolist())) == len(files) > 1  # the first batches already sample every shard
+    for i, shard in enumerate(loader.shards):
+        mine = np.sort(starts[sources == i])
+        assert len(mine) == (len(shard) - mine[0] - 1) // 32 and mine[0] < 32
+        assert np.all(np.diff(mine) == 32)  # consecutive, non-overlapping sequences from one phase offset
