@@ -12,7 +12,7 @@ from harness.code import CodeBytes
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding
 from harness.logs import LogEvidence, Seen
 from harness.rules import Rules, Track
-from harness.check.submission import FILE, Claims
+from harness.check.submission_json import FILE, Claims
 
 
 def _at(log: LogEvidence, seen: Seen | None) -> tuple[Evidence, ...]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from harness.check import budgets
 from harness.check import claims as claims_mod
-from harness.check import submission
+from harness.check import submission_json
 from harness.code import scan_code, counted_bytes
 from harness.findings import FAIL, INFO, WARN, Evidence, Finding, UsageError
 from harness.client import CLIENT_FILE
@@ -29,8 +29,8 @@ def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name
         rules.track(track_name)  # an unknown track stops here
     findings: list[Finding] = []
 
-    data, json_problems = submission.load(folder)
-    claimed = submission.claims(data) if data is not None else submission.Claims()
+    data, json_problems = submission_json.load(folder)
+    claimed = submission_json.claims(data) if data is not None else submission_json.Claims()
     track_name, track_note = find_track(folder, rules, track_name, claimed.track)
     track = rules.tracks[track_name]
     scan = scan_code(folder, rules)
@@ -39,7 +39,7 @@ def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name
     findings += [track_note] if track_note else []
     findings += json_problems
     if data is not None:
-        findings += submission.validate(data, profile)
+        findings += submission_json.validate(data, profile)
         findings += _json_consistency(folder, claimed, rules, track_name)
 
     logs = [read_log(p, folder, rules) for p in log_files(folder)]
@@ -95,23 +95,23 @@ def _usable_folder(folder: Path) -> Path:
     return folder.resolve()
 
 
-def _json_consistency(folder: Path, claimed: submission.Claims, rules: Rules, track: str) -> list[Finding]:
+def _json_consistency(folder: Path, claimed: submission_json.Claims, rules: Rules, track: str) -> list[Finding]:
     out: list[Finding] = []
     json_track = rules.track_for_json_name(claimed.track) if claimed.track else None
     if claimed.track and json_track != track:
         out.append(Finding("json", WARN, "json.track_mismatch",
                            f"submission.json says track '{claimed.track}' but the folder is judged as {track}",
-                           (Evidence(submission.FILE, None, "$.track"),)))
+                           (Evidence(submission_json.FILE, None, "$.track"),)))
     if claimed.listed_vs_results:
         listed, keyed = claimed.listed_vs_results
         if sorted(map(str, listed)) != sorted(keyed):
             out.append(Finding("json", FAIL, "json.seeds_disagree",
                                f"$.seeds lists {listed} but $.seed_results has seeds {sorted(keyed, key=int)}",
-                               (Evidence(submission.FILE, None, "$.seeds"),)))
+                               (Evidence(submission_json.FILE, None, "$.seeds"),)))
     if claimed.date and not claimed.date.startswith(folder.name[:10]):
         out.append(Finding("json", INFO, "json.date_differs",
                            f"submission.json date {claimed.date} differs from the folder's {folder.name[:10]}",
-                           (Evidence(submission.FILE, None, "$.date"),)))
+                           (Evidence(submission_json.FILE, None, "$.date"),)))
     return out
 
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.check import submission
+from harness.check import submission_json
 from harness.atomic import write_text_atomic
 from harness.check.budgets import score_eval_s
 from harness.check.checker import resolve_frontier
@@ -124,11 +124,11 @@ def read_claims(folder: Path, rules: Rules, track: str | None = None) -> Claimed
     if track is not None:
         rules.track(track)  # an unknown track stops here
     folder = folder.resolve()
-    data, problems = submission.load(folder)
+    data, problems = submission_json.load(folder)
     if data is None:
-        why = problems[0].message if problems else f"{submission.FILE} is missing"
+        why = problems[0].message if problems else f"{submission_json.FILE} is missing"
         raise UsageError(f"{folder}: {why}; pgolf rerun reads the claimed seeds from it")
-    claims = submission.claims(data)
+    claims = submission_json.claims(data)
     track_name, _ = find_track(folder, rules, track, claims.track)
     logs = [read_log(p, folder, rules) for p in log_files(folder)]
     matched, _ = match_seeds(claims, logs, rules.tracks[track_name], rules)  # check reports its findings
@@ -139,7 +139,7 @@ def read_claims(folder: Path, rules: Rules, track: str | None = None) -> Claimed
         if numbers.val_bpb is not None:
             seeds[seed] = numbers
     if not seeds:
-        raise UsageError(f"{folder}: no per-seed val_bpb in {submission.FILE} or in a seed log; nothing to reproduce")
+        raise UsageError(f"{folder}: no per-seed val_bpb in {submission_json.FILE} or in a seed log; nothing to reproduce")
     worlds = {int(s.log.get("world_size").value) for s in matched if s.log.get("world_size")}
     scan = scan_code(folder, rules)
     protocol = "pgolf_events" in scan.third_party or any(p.name == "pgolf_events.py" for p in scan.counted)
@@ -147,14 +147,14 @@ def read_claims(folder: Path, rules: Rules, track: str | None = None) -> Claimed
                    tokenizer_of([s.log for s in matched], rules)[0], protocol)
 
 
-def _claimed_numbers(folder: Path, claims: submission.Claims, evidence: SeedEvidence | None,
+def _claimed_numbers(folder: Path, claims: submission_json.Claims, evidence: SeedEvidence | None,
                      seed: int) -> SeedNumbers:
     claim, size = claims.per_seed.get(seed), claims.per_seed_bytes.get(seed)
     log = evidence.log if evidence else None
     score = evidence.score if evidence else None
     if log is None:
         return SeedNumbers(claim.value if claim else None, int(size.value) if size else None, None, None, None, [],
-                           submission.FILE)
+                           submission_json.FILE)
     total = log.get("total_bytes")
     curve = loss_curve(folder / log.name)
     return SeedNumbers(

@@ -42,7 +42,7 @@ from harness.logs import read_log
 from harness.run.native import PhaseProcess, run_phase
 from harness.report import verdict_json
 from harness.rules import Rules, Track
-from harness.check.submission import Claims
+from harness.check.submission_json import Claims
 from harness.verdict import Verdict
 
 
