@@ -24,7 +24,8 @@ from scipy import stats
 
 from conftest import run_failures
 from harness.cli import REPO
-from harness.rerun.rerun import finished_seed, loss_curve
+from harness.logs import loss_curve
+from harness.rerun.rerun import finished_seed
 from harness.rules import load_rules
 
 TINY = {"TINY_STEPS": "40"}  # prints the loss at steps 1, 20 and 40: a three-point curve per seed

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from harness.check.claims import SeedEvidence, match_seeds, pick_score
 from harness.code import scan_code
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding, UsageError
 from harness.check.folder import find_track, log_files
-from harness.logs import read_log, tokenizer_of
+from harness.logs import loss_curve, read_log, tokenizer_of
 from harness.report import verdict_json
 from harness.rerun.report import render_html, render_markdown
 from harness.rules import Rules, Track
@@ -44,9 +43,6 @@ from harness.validation import errors
 from harness.verdict import Verdict
 
 PLAN = "rerun.json"  # the options a rerun folder was started with; --resume must repeat them
-# A training-loss line of any log generation, also as `pgolf export` keeps the submission's output ("[train] ").
-_LOSS_LINE = re.compile(r"^(?:\[train\] )?(?:\d{10}\.\d+ )?(?:step:)?(\d+)/\d+ train_loss[:=] ?(\d+(?:\.\d+)?)")
-MAX_CURVE_POINTS = 400  # enough for a plot; a log that prints every step is thinned evenly
 
 
 @dataclass(frozen=True)
@@ -164,26 +160,6 @@ def _claimed_numbers(folder: Path, claims: submission_json.Claims, evidence: See
         eval_s=score_eval_s(log, evidence)[0],
         steps=log.steps or (curve[-1][0] if curve else None),  # exported logs say step 0 when unknown
         loss_curve=curve, source=log.name)
-
-
-def loss_curve(path: Path) -> list[tuple[int, float]]:
-    """(step, train_loss) of the log's last run, thinned to MAX_CURVE_POINTS; [] when it prints none."""
-    try:
-        text = path.read_text("utf-8", errors="replace")
-    except OSError:
-        return []
-    points: list[tuple[int, float]] = []
-    for line in text.splitlines():
-        found = _LOSS_LINE.match(line)
-        if not found:
-            continue
-        step = int(found[1])
-        if points and step < points[-1][0]:
-            points = []  # the step count went back: a later run in the same log starts here
-        if not points or step > points[-1][0]:
-            points.append((step, float(found[2])))
-    stride = math.ceil(len(points) / MAX_CURVE_POINTS) if points else 1
-    return points[::-1][::stride][::-1]  # counted from the end, so the last step is always kept
 
 
 def _chosen(requested: list[int] | None, claimed: Claimed) -> list[int]:
