@@ -6,6 +6,7 @@ against the frontier, and a static read of the code.
 """
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +53,9 @@ def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name
     findings += claims_mod.headline_findings(claimed, matched, rules)
 
     tokenizer, _ = tokenizer_of([s.log for s in matched] or logs, rules)
-    code_cache: dict[bool, Any] = {}
+    code_bytes = cache(lambda compressed: counted_bytes(folder, scan, compressed, rules))
     for s in matched:
-        compressed = s.log.get("code_bytes_compressed") is not None
-        if compressed not in code_cache:
-            code_cache[compressed] = counted_bytes(folder, scan, compressed, rules)
-        findings += budgets.size_findings(s, code_cache[compressed], track, claimed, rules)
-        findings += budgets.train_findings(s, track, rules)
-        findings += budgets.eval_findings(s, track, rules)
-        findings += budgets.hardware_findings(s, track)
-        findings += budgets.data_findings(s, tokenizer, rules)
+        findings += budgets.seed_budgets(s, code_bytes, track, rules, claims=claimed, tokenizer=tokenizer)
     if not track.record and track.unlimited_compute_must_say_so:
         findings += _unlimited_disclosed(folder, matched, rules)
 

@@ -42,7 +42,6 @@ from harness.logs import read_log
 from harness.run.native import PhaseProcess, run_phase
 from harness.report import verdict_json
 from harness.rules import Rules, Track
-from harness.check.submission_json import Claims
 from harness.verdict import Verdict
 
 
@@ -549,10 +548,11 @@ def _run_legacy(spec: RunSpec, rules: Rules, track: Track) -> Verdict:
         findings.append(Finding("metric", INFO, "metric.from_log", f"val_bpb {score.val_bpb} ({score.label}) is the "
                                 "script's own number from its log, not measured by the harness",
                                 (Evidence(log.name, score.line, score.text),), data=dict(facts)))
-    compressed = log.get("code_bytes_compressed") is not None
-    size = budgets.size_findings(seed, counted_bytes(code, scan, compressed, rules), track, Claims(), rules)
-    facts["logged_artifact_bytes"] = next((f.data["artifact_bytes"] for f in size if "artifact_bytes" in f.data), None)
-    findings += size + budgets.train_findings(seed, track, rules) + budgets.eval_findings(seed, track, rules)
+    judged = budgets.seed_budgets(seed, lambda compressed: counted_bytes(code, scan, compressed, rules), track,
+                                  rules, run_here=True)
+    facts["logged_artifact_bytes"] = next((f.data["artifact_bytes"] for f in judged if "artifact_bytes" in f.data),
+                                          None)
+    findings += judged
     after = _fingerprint(code)
     written = {f"code/{name}": (code / name).stat().st_size for name, digest in after.items()
                if before.get(name) != digest and "__pycache__" not in name}
