@@ -29,16 +29,15 @@ from typing import Any
 from harness.check import submission_json
 from harness.atomic import write_text_atomic
 from harness.check.budgets import score_eval_s
-from harness.check.checker import resolve_frontier
-from harness.check.claims import SeedEvidence, match_seeds, pick_score
+from harness.check.claims import SeedEvidence, pick_score
+from harness.check.evidence import read_folder
 from harness.code import scan_code
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding, UsageError
-from harness.check.folder import find_track, log_files
 from harness.logs import loss_curve, read_log, tokenizer_of
 from harness.report import verdict_json
 from harness.rerun.report import render_html, render_markdown
 from harness.rules import Rules, Track
-from harness.check.significance import compare, significance_findings
+from harness.check.significance import compare, resolve_frontier, significance_findings
 from harness.validation import errors
 from harness.verdict import Verdict
 
@@ -91,7 +90,7 @@ def rerun(request: RerunRequest, rules: Rules) -> Verdict:
     """Run (or merge) the seeds, judge them against the claims, and write verdict.json and the reports."""
     claimed = read_claims(request.submission, rules, request.track)
     seeds = _chosen(request.seeds, claimed)
-    frontier, source = resolve_frontier(request.against, rules, "historic")  # a bad --against fails before any run
+    frontier, source = resolve_frontier(request.against, rules)  # a bad --against fails before any run
     if request.merge:
         if request.resume or request.legacy or request.engine:
             raise UsageError("--merge runs nothing: --resume, --legacy and --container do not apply (each seed folder "
@@ -119,15 +118,11 @@ def read_claims(folder: Path, rules: Rules, track: str | None = None) -> Claimed
         raise UsageError(f"{folder}: no such submission folder")
     if track is not None:
         rules.track(track)  # an unknown track stops here
-    folder = folder.resolve()
-    data, problems = submission_json.load(folder)
-    if data is None:
-        why = problems[0].message if problems else f"{submission_json.FILE} is missing"
-        raise UsageError(f"{folder}: {why}; pgolf rerun reads the claimed seeds from it")
-    claims = submission_json.claims(data)
-    track_name, _ = find_track(folder, rules, track, claims.track)
-    logs = [read_log(p, folder, rules) for p in log_files(folder)]
-    matched, _ = match_seeds(claims, logs, rules.tracks[track_name], rules)  # check reports its findings
+    ev = read_folder(folder.resolve(), rules, track)
+    if ev.data is None:
+        why = ev.json_problems[0].message if ev.json_problems else f"{submission_json.FILE} is missing"
+        raise UsageError(f"{ev.folder}: {why}; pgolf rerun reads the claimed seeds from it")
+    folder, claims, matched = ev.folder, ev.claims, ev.matched  # check reports the findings of reading it
     evidence = {s.seed: s for s in matched}
     seeds = {}
     for seed in dict.fromkeys([*claims.seeds, *evidence]):
@@ -139,7 +134,7 @@ def read_claims(folder: Path, rules: Rules, track: str | None = None) -> Claimed
     worlds = {int(s.log.get("world_size").value) for s in matched if s.log.get("world_size")}
     scan = scan_code(folder, rules)
     protocol = "pgolf_events" in scan.third_party or any(p.name == "pgolf_events.py" for p in scan.counted)
-    return Claimed(folder, track_name, seeds, worlds.pop() if len(worlds) == 1 else None,
+    return Claimed(folder, ev.track, seeds, worlds.pop() if len(worlds) == 1 else None,
                    tokenizer_of([s.log for s in matched], rules)[0], protocol)
 
 
