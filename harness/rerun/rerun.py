@@ -1,9 +1,9 @@
 """`pgolf rerun DIR`: run a submission's claimed seeds again and judge, per seed and in aggregate, whether
 its claims hold.
 
-The claims are read as `pgolf check` reads them: per-seed val_bpb and artifact bytes from
-submission.json where it gives them, else from the seed's log; times, steps and the training-loss
-curve from the log. Each seed then runs through `pgolf run`'s runner (phases, or one job with
+The claims are read by `pgolf check`'s reader (harness.check.evidence): per-seed val_bpb and artifact
+bytes from submission.json where it gives them, else from the seed's log; times, steps and the
+training-loss curve from the log. Each seed then runs through `pgolf run`'s runner (phases, or one job with
 --legacy) into RUNDIR/seed_<s>/. A seed folder counts as finished only when its verdict.json is a
 valid run verdict for that seed, which the runner writes atomically as its last act; a folder
 without one is half a run, and `--resume` sets it aside as seed_<s>.incomplete-<n> and runs the
