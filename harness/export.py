@@ -1,7 +1,7 @@
 """`pgolf export RUNDIR`: a finished `pgolf run` becomes a PR-ready records folder of measured numbers.
 
 The seed logs are written by the harness, not copied from the submission. Each opens with lines
-in formats `pgolf check` reads (harness/logs.py) that carry the harness's clocks, bytes and
+that harness/logs.py formats, so `pgolf check` reads them back, carrying the harness's clocks, bytes and
 score; the submission's own phase output follows for reference, every line prefixed `[train] ` or
 `[eval] ` so that the checker's line-anchored patterns never take it for evidence.
 
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness import __version__
+from harness import __version__, logs
 from harness.atomic import write_text_atomic
 from harness.client import CLIENT_FILE
 from harness.code import counted_bytes, scan_code
@@ -136,25 +136,22 @@ def _seed_log(seed_dir: Path, seed: int, verdict: dict[str, Any], r: dict[str, A
     lines = [
         f"pgolf export {__version__}: the lines down to the separator were measured by the harness (pgolf run, "
         f"verdict {verdict['status']}), not printed by the submission",
-        f"seed: {seed}",
-        *([f"  world_size: {world}"] if world else []),
-        f"stopping_early: wallclock_cap train_time: {round(r['train_time_s'] * 1000)}ms "
-        f"step: {r['steps'] or 0}/{r['steps'] or 0}",
-        f"Serialized model pgolf-artifact: {r['model_bytes']} bytes",
-        f"Code size: {r['code_bytes']} bytes",
-        f"Total submission size: {r['artifact_bytes']} bytes",
-        f"{SCORE_LABEL} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} "
-        f"eval_time:{round(r['eval_time_s'] * 1000)}ms",
+        logs.fact_line("seed", seed),
+        *([logs.fact_line("world_size", world)] if world else []),
+        logs.train_stop_line(round(r["train_time_s"] * 1000), r["steps"] or 0),
+        logs.fact_line("model_bytes", r["model_bytes"]),
+        logs.fact_line("code_bytes_plain", r["code_bytes"]),
+        logs.fact_line("total_bytes", r["artifact_bytes"]),
+        logs.metric_line(SCORE_LABEL, r["val_loss"], r["val_bpb"], round(r["eval_time_s"] * 1000)),
         "train_time is the harness clock between the train_start and train_end marks (else the phase's wall "
         "clock), eval_time likewise; steps are the submission's own count, from its train_end mark or its log "
         "(0: it reported none)",
-        "=" * 80,
+        logs.SEPARATOR,
         "The submission's own output, for reference only (prefixed, so no line below is read as evidence):",
     ]
     for phase in ("train", "eval"):
         path = seedfolder.log_path(seed_dir, phase)
-        text = path.read_text("utf-8", errors="replace") if path.is_file() else ""
-        lines += [f"[{phase}] {line}" for line in text.splitlines()]
+        lines += logs.quoted(phase, path.read_text("utf-8", errors="replace") if path.is_file() else "")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.checks import CHECKS
+
 PASS, INFO, WARN, FAIL = "pass", "info", "warn", "fail"
 _SEVERITY = {INFO: 0, PASS: 0, WARN: 1, FAIL: 2}
 
@@ -40,9 +42,8 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Finding:
-    """One judgement. `check` is the stable group name CI filters on
-    (files, json, logs, claims, size, train_time, eval_time, hardware,
-    significance, lint); `code` names the specific finding type."""
+    """One judgement. `check` is the stable group name CI filters on, one of harness.checks.CHECKS;
+    `code` names the specific finding type."""
 
     check: str
     status: str
@@ -51,6 +52,10 @@ class Finding:
     evidence: tuple[Evidence, ...] = ()
     seed: int | None = None
     data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.check not in CHECKS:  # refused where it is made, in whichever wing, not when a report meets it
+            raise ValueError(f"check {self.check!r} is not registered in harness/checks.py")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -7,9 +7,13 @@ several runs concatenated in one file. Every pattern here is anchored at the
 start of a line and demands digits, and source sections are skipped, so a
 template or a progress line is never mistaken for a result. Each fact keeps the
 line it came from, so findings can cite it.
+
+pgolf's own logs (`pgolf export`'s seed logs) are written with the functions at the end, so the
+lines pgolf writes are the lines this module reads, in one place.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +60,11 @@ _STOP = re.compile(r"^stopping_early: wallclock_cap train_time: ?(\d+)ms step: ?
 _STEP_MS = re.compile(r"^step:(\d+)/\d+ (?:val_loss|train_loss):\S+ .*?train_time:(\d+)ms")
 _STEP_MIN = re.compile(r"^(\d+)/\d+ train_loss: \S+ train_time: (\d+(?:\.\d+)?)m")
 _GPU_ROW = re.compile(r"^\|\s+\d+\s+NVIDIA ([^|]+?)\s{2,}")
+_QUOTE = "[{}] "  # starts every line of another program's output that pgolf quotes in a log it writes
+# A training-loss line of any log generation, also as quoted from a train phase's output.
+_LOSS_LINE = re.compile(rf"^(?:{re.escape(_QUOTE.format('train'))})?(?:\d{{10}}\.\d+ )?(?:step:)?(\d+)/\d+ "
+                        r"train_loss[:=] ?(\d+(?:\.\d+)?)")
+MAX_CURVE_POINTS = 400  # enough for a plot; a log that prints every step is thinned evenly
 
 
 @dataclass(frozen=True)
@@ -242,3 +251,56 @@ def tokenizer_of(logs: list[LogEvidence], rules: Rules) -> tuple[str | None, str
                 if spec["val_tokens"] == tokens.value:
                     return name, f"{ev.name}:{tokens.line}"
     return None, "no tokenizer path, vocab size or canonical val token count in the logs"
+
+
+def loss_curve(path: Path) -> list[tuple[int, float]]:
+    """(step, train_loss) of the log's last run, thinned to MAX_CURVE_POINTS; [] when it prints none."""
+    try:
+        text = path.read_text("utf-8", errors="replace")
+    except OSError:
+        return []
+    points: list[tuple[int, float]] = []
+    for line in text.splitlines():
+        found = _LOSS_LINE.match(line)
+        if not found:
+            continue
+        step = int(found[1])
+        if points and step < points[-1][0]:
+            points = []  # the step count went back: a later run in the same log starts here
+        if not points or step > points[-1][0]:
+            points.append((step, float(found[2])))
+    stride = math.ceil(len(points) / MAX_CURVE_POINTS) if points else 1
+    return points[::-1][::stride][::-1]  # counted from the end, so the last step is always kept
+
+
+# --- the lines pgolf writes, each in a format read above -------------------------------------------
+
+SEPARATOR = "=" * 80
+_FACT_LINES = {  # fact name (as in _SCALARS) -> the line that states it
+    "seed": "seed: {}",
+    "world_size": "  world_size: {}",
+    "model_bytes": "Serialized model pgolf-artifact: {} bytes",
+    "code_bytes_plain": "Code size: {} bytes",
+    "total_bytes": "Total submission size: {} bytes",
+}
+
+
+def fact_line(name: str, value: int) -> str:
+    """The line that read_log reads back as fact `name` with this value."""
+    return _FACT_LINES[name].format(value)
+
+
+def train_stop_line(train_ms: int, steps: int) -> str:
+    """An exact training stop (read as train_stop and steps)."""
+    return f"stopping_early: wallclock_cap train_time: {train_ms}ms step: {steps}/{steps}"
+
+
+def metric_line(label: str, val_loss: float, val_bpb: float, eval_ms: int) -> str:
+    """A score line at 8 decimals, as the records' `_exact` lines print, with its own eval time."""
+    return f"{label} val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f} eval_time:{eval_ms}ms"
+
+
+def quoted(source: str, text: str) -> list[str]:
+    """Another program's output inside a pgolf log, each line prefixed so that no pattern above, all
+    anchored at the line's start, reads it as evidence (only the loss curve reads a quoted train phase)."""
+    return [_QUOTE.format(source) + line for line in text.splitlines()]

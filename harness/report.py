@@ -9,11 +9,10 @@ import json
 import sys
 from typing import Any, TextIO
 
+from harness.checks import rank
 from harness.findings import FAIL, INFO, PASS, WARN
 from harness.validation import errors
 
-_ORDER = ["rerun", "files", "json", "logs", "claims", "size", "train_time", "eval_time", "steps", "hardware", "data",
-          "statistics", "significance", "lint"]
 _MARK = {PASS: "PASS", INFO: "INFO", WARN: "WARN", FAIL: "FAIL"}
 _COLOR = {PASS: "32", INFO: "36", WARN: "33", FAIL: "31"}
 
@@ -22,7 +21,7 @@ _RANK = [PASS, INFO, WARN, FAIL]
 
 
 def _groups(findings: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    checks = sorted({f["check"] for f in findings}, key=lambda c: (_ORDER.index(c) if c in _ORDER else 99, c))
+    checks = sorted({f["check"] for f in findings}, key=rank)
     return [(c, [f for f in findings if f["check"] == c]) for c in checks]
 
 

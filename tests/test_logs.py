@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import logs
 from harness.logs import read_log, tokenizer_of
 
 SEP = "=" * 100
@@ -112,3 +113,24 @@ def test_tokenizer_is_read_from_path_vocab_or_token_count(tmp_path, rules):
     assert [tokenizer_of([l], rules)[0] for l in (by_path, by_vocab, by_count, caseops)] == [
         "sp1024", "sp4096", "sp8192", "caseops_sp8192"]
     assert tokenizer_of([parse(tmp_path, "nothing", rules, "e.log")], rules)[0] is None
+
+
+def test_what_pgolf_writes_it_reads_back(tmp_path, rules):
+    """The lines `pgolf export` writes come from logs.py and read back as the values they were written with;
+    quoted output is never evidence, except a quoted train phase's loss curve."""
+    values = {"seed": 7, "world_size": 2, "model_bytes": 12345, "code_bytes_plain": 678, "total_bytes": 13023}
+    own = "\n".join(["step:1/2 train_loss:3.5000 train_time:10ms", "step:2/2 train_loss:3.2500 train_time:20ms",
+                     "final_int8_zlib_roundtrip_exact val_loss:9.00000000 val_bpb:9.00000000", "seed: 99"])
+    path = tmp_path / "train_seed7.log"
+    path.write_text("\n".join([*(logs.fact_line(name, value) for name, value in values.items()),
+                               logs.train_stop_line(1500, 2),
+                               logs.metric_line("final_pgolf_roundtrip_exact", 2.5, 1.25, 3000),
+                               logs.SEPARATOR, *logs.quoted("train", own),
+                               *logs.quoted("eval", "step:3/3 train_loss:1.0000 train_time:5ms")]) + "\n")
+    log = read_log(path, tmp_path, rules)
+    assert {name: log.get(name).value for name in values} == values
+    assert (log.train_stop.value, log.train_stop_exact, log.steps) == (1500, True, 2)
+    [score] = log.metrics
+    assert (score.label, score.val_loss, score.val_bpb, score.decimals, score.eval_time_s) == \
+        ("final_pgolf_roundtrip_exact", 2.5, 1.25, 8, 3.0)
+    assert logs.loss_curve(path) == [(1, 3.5), (2, 3.25)]

@@ -23,8 +23,8 @@ import yaml
 from scipy import stats
 
 from conftest import run_failures
+from harness.logs import loss_curve
 from harness.paths import REPO
-from harness.rerun.rerun import loss_curve
 from harness.run.seedfolder import finished_verdict
 from harness.rules import load_rules
 

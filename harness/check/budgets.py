@@ -1,32 +1,49 @@
-"""Per-seed budgets: artifact bytes, training time, evaluation time, hardware.
+"""Per-seed budgets: artifact bytes, training time, evaluation time, hardware, validation data.
 
 Limits come from the track in rules.yaml. Model bytes come from the seed's log
 (the compressed file the run wrote); code bytes are recomputed from the shipped
 files by harness.code and replace whatever the log or the JSON says, so a
 script edited after the run, or a helper file left out of the count, shows.
+
+seed_budgets is the one entry point: `pgolf check` and `pgolf run --legacy` both judge a seed
+through it, so a new budget is added here once.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 from harness.check.claims import SeedEvidence
 from harness.code import CodeBytes
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding
 from harness.logs import LogEvidence, Seen
 from harness.rules import Rules, Track
-from harness.check.submission import FILE, Claims
+from harness.check.submission_json import FILE, Claims
 
 
 def _at(log: LogEvidence, seen: Seen | None) -> tuple[Evidence, ...]:
     return (Evidence(log.name, seen.line, seen.text),) if seen else (Evidence(log.name),)
 
 
-def logged_code(log: LogEvidence) -> Seen | None:
+def seed_budgets(s: SeedEvidence, code_bytes: Callable[[bool], CodeBytes], track: Track, rules: Rules, *,
+                 claims: Claims | None = None, tokenizer: str | None = None, run_here: bool = False) -> list[Finding]:
+    """Every budget of one seed, in report order. `code_bytes(compressed)` counts the shipped code as the
+    log counted it. A run the harness made itself (`run_here`) ran on the harness's GPUs and data, so
+    the hardware and data budgets, which would judge this machine rather than the submission, are left out."""
+    code = code_bytes(s.log.get("code_bytes_compressed") is not None)
+    out = _size(s, code, track, claims or Claims(), rules) + _train_time(s, track, rules) + _eval_time(s, track, rules)
+    if not run_here:
+        out += _hardware(s, track) + _data(s, tokenizer, rules)
+    return out
+
+
+def _logged_code(log: LogEvidence) -> Seen | None:
     return log.get("code_bytes_compressed") or log.get("code_bytes_plain")
 
 
-def size_findings(s: SeedEvidence, code: CodeBytes, track: Track, claims: Claims, rules: Rules) -> list[Finding]:
+def _size(s: SeedEvidence, code: CodeBytes, track: Track, claims: Claims, rules: Rules) -> list[Finding]:
     log, seed, limit = s.log, s.seed, track.artifact_limit_bytes
     out: list[Finding] = []
-    model, total, counted = log.get("model_bytes"), log.get("total_bytes"), logged_code(log)
+    model, total, counted = log.get("model_bytes"), log.get("total_bytes"), _logged_code(log)
     if model is None and total is not None and counted is not None:
         model = Seen(int(total.value) - int(counted.value), total.line, total.text)
     if model is None:
@@ -68,7 +85,7 @@ def size_findings(s: SeedEvidence, code: CodeBytes, track: Track, claims: Claims
     return out
 
 
-def train_findings(s: SeedEvidence, track: Track, rules: Rules) -> list[Finding]:
+def _train_time(s: SeedEvidence, track: Track, rules: Rules) -> list[Finding]:
     log, seed = s.log, s.seed
     stop = log.train_stop
     if stop is None:
@@ -129,7 +146,7 @@ def score_eval_s(log: LogEvidence, s: SeedEvidence) -> tuple[float | None, Seen 
     return None, None
 
 
-def eval_findings(s: SeedEvidence, track: Track, rules: Rules) -> list[Finding]:
+def _eval_time(s: SeedEvidence, track: Track, rules: Rules) -> list[Finding]:
     log, seed = s.log, s.seed
     if s.score is None:
         return []
@@ -166,7 +183,7 @@ def eval_findings(s: SeedEvidence, track: Track, rules: Rules) -> list[Finding]:
     return out
 
 
-def hardware_findings(s: SeedEvidence, track: Track) -> list[Finding]:
+def _hardware(s: SeedEvidence, track: Track) -> list[Finding]:
     if not track.hardware:
         return []
     log, seed, want = s.log, s.seed, track.hardware
@@ -201,7 +218,7 @@ def hardware_findings(s: SeedEvidence, track: Track) -> list[Finding]:
     return out
 
 
-def data_findings(s: SeedEvidence, tokenizer: str | None, rules: Rules) -> list[Finding]:
+def _data(s: SeedEvidence, tokenizer: str | None, rules: Rules) -> list[Finding]:
     """The validation set must be the canonical one for the tokenizer (all shards, in order)."""
     tokens = s.log.get("val_tokens")
     if tokens is None or tokenizer is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding
 from harness.logs import LogEvidence, MetricLine
 from harness.rules import Rules, Track
-from harness.check.submission import FILE, Claim, Claims
+from harness.check.submission_json import FILE, Claim, Claims
 
 _FILENAME_SEED = re.compile(r"seed[_\-]?(\d+)", re.IGNORECASE)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
-from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding
+from harness.check.evidence import read_folder, usable_folder
+from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding, UsageError
 from harness.rules import Rules, Track
 
 
@@ -92,3 +94,20 @@ def parse_bpb_list(text: str) -> list[float] | None:
     except ValueError:
         return None
     return values if values and all(0 < v < 20 for v in values) else None
+
+
+def resolve_frontier(against: str | None, rules: Rules) -> tuple[list[float] | None, str]:
+    """The frontier's per-seed BPBs from --against (a list of values, or a records folder's evidence) and
+    where they came from; check and rerun both read --against here."""
+    if not against:
+        return None, ""
+    values = parse_bpb_list(against)
+    if values is not None:
+        return values, f"--against {against}"
+    path = Path(against)
+    if not path.is_dir():
+        raise UsageError(f"--against {against}: neither a folder nor a comma-separated list of BPB values")
+    scores = read_folder(usable_folder(path), rules).scores
+    if not scores:
+        raise UsageError(f"--against {against}: found no per-seed scores in that folder's logs")
+    return scores, str(path)

@@ -1,9 +1,9 @@
 """`pgolf rerun DIR`: run a submission's claimed seeds again and judge, per seed and in aggregate, whether
 its claims hold.
 
-The claims are read as `pgolf check` reads them: per-seed val_bpb and artifact bytes from
-submission.json where it gives them, else from the seed's log; times, steps and the training-loss
-curve from the log. Each seed then runs through `pgolf run`'s runner (phases, or one job with
+The claims are read by `pgolf check`'s reader (harness.check.evidence): per-seed val_bpb and artifact
+bytes from submission.json where it gives them, else from the seed's log; times, steps and the
+training-loss curve from the log. Each seed then runs through `pgolf run`'s runner (phases, or one job with
 --legacy) into RUNDIR/seed_<s>/. A seed folder counts as finished only when its verdict.json is a
 valid run verdict for that seed, which the runner writes atomically as its last act; a folder
 without one is half a run, and `--resume` sets it aside as seed_<s>.incomplete-<n> and runs the
@@ -21,33 +21,28 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.check import submission
+from harness.check import submission_json
 from harness.atomic import write_text_atomic
 from harness.check.budgets import score_eval_s
-from harness.check.checker import resolve_frontier
-from harness.check.claims import SeedEvidence, match_seeds, pick_score
+from harness.check.claims import SeedEvidence, pick_score
+from harness.check.evidence import read_folder
 from harness.code import scan_code
 from harness.findings import FAIL, INFO, PASS, WARN, Evidence, Finding, UsageError
-from harness.check.folder import find_track, log_files
-from harness.logs import read_log, tokenizer_of
+from harness.logs import loss_curve, read_log, tokenizer_of
 from harness.report import verdict_json
 from harness.rerun.report import render_html, render_markdown
 from harness.rules import Rules, Track
+from harness.check.significance import compare, resolve_frontier, significance_findings
 from harness.run import seedfolder
 from harness.run.backend import Backend, Native
-from harness.check.significance import compare, significance_findings
 from harness.verdict import Verdict
 
 PLAN = "rerun.json"  # the options a rerun folder was started with; --resume must repeat them
-# A training-loss line of any log generation, also as `pgolf export` keeps the submission's output ("[train] ").
-_LOSS_LINE = re.compile(r"^(?:\[train\] )?(?:\d{10}\.\d+ )?(?:step:)?(\d+)/\d+ train_loss[:=] ?(\d+(?:\.\d+)?)")
-MAX_CURVE_POINTS = 400  # enough for a plot; a log that prints every step is thinned evenly
 
 
 @dataclass(frozen=True)
@@ -96,7 +91,7 @@ def rerun(request: RerunRequest, rules: Rules) -> Verdict:
     """Run (or merge) the seeds, judge them against the claims, and write verdict.json and the reports."""
     claimed = read_claims(request.submission, rules, request.track)
     seeds = _chosen(request.seeds, claimed)
-    frontier, source = resolve_frontier(request.against, rules, "historic")  # a bad --against fails before any run
+    frontier, source = resolve_frontier(request.against, rules)  # a bad --against fails before any run
     if request.merge:
         if request.resume or request.legacy or request.backend.settings():
             raise UsageError("--merge runs nothing: --resume, --legacy and --container do not apply (each seed folder "
@@ -124,15 +119,11 @@ def read_claims(folder: Path, rules: Rules, track: str | None = None) -> Claimed
         raise UsageError(f"{folder}: no such submission folder")
     if track is not None:
         rules.track(track)  # an unknown track stops here
-    folder = folder.resolve()
-    data, problems = submission.load(folder)
-    if data is None:
-        why = problems[0].message if problems else f"{submission.FILE} is missing"
-        raise UsageError(f"{folder}: {why}; pgolf rerun reads the claimed seeds from it")
-    claims = submission.claims(data)
-    track_name, _ = find_track(folder, rules, track, claims.track)
-    logs = [read_log(p, folder, rules) for p in log_files(folder)]
-    matched, _ = match_seeds(claims, logs, rules.tracks[track_name], rules)  # check reports its findings
+    ev = read_folder(folder.resolve(), rules, track)
+    if ev.data is None:
+        why = ev.json_problems[0].message if ev.json_problems else f"{submission_json.FILE} is missing"
+        raise UsageError(f"{ev.folder}: {why}; pgolf rerun reads the claimed seeds from it")
+    folder, claims, matched = ev.folder, ev.claims, ev.matched  # check reports the findings of reading it
     evidence = {s.seed: s for s in matched}
     seeds = {}
     for seed in dict.fromkeys([*claims.seeds, *evidence]):
@@ -140,22 +131,22 @@ def read_claims(folder: Path, rules: Rules, track: str | None = None) -> Claimed
         if numbers.val_bpb is not None:
             seeds[seed] = numbers
     if not seeds:
-        raise UsageError(f"{folder}: no per-seed val_bpb in {submission.FILE} or in a seed log; nothing to reproduce")
+        raise UsageError(f"{folder}: no per-seed val_bpb in {submission_json.FILE} or in a seed log; nothing to reproduce")
     worlds = {int(s.log.get("world_size").value) for s in matched if s.log.get("world_size")}
     scan = scan_code(folder, rules)
     protocol = "pgolf_events" in scan.third_party or any(p.name == "pgolf_events.py" for p in scan.counted)
-    return Claimed(folder, track_name, seeds, worlds.pop() if len(worlds) == 1 else None,
+    return Claimed(folder, ev.track, seeds, worlds.pop() if len(worlds) == 1 else None,
                    tokenizer_of([s.log for s in matched], rules)[0], protocol)
 
 
-def _claimed_numbers(folder: Path, claims: submission.Claims, evidence: SeedEvidence | None,
+def _claimed_numbers(folder: Path, claims: submission_json.Claims, evidence: SeedEvidence | None,
                      seed: int) -> SeedNumbers:
     claim, size = claims.per_seed.get(seed), claims.per_seed_bytes.get(seed)
     log = evidence.log if evidence else None
     score = evidence.score if evidence else None
     if log is None:
         return SeedNumbers(claim.value if claim else None, int(size.value) if size else None, None, None, None, [],
-                           submission.FILE)
+                           submission_json.FILE)
     total = log.get("total_bytes")
     curve = loss_curve(folder / log.name)
     return SeedNumbers(
@@ -165,26 +156,6 @@ def _claimed_numbers(folder: Path, claims: submission.Claims, evidence: SeedEvid
         eval_s=score_eval_s(log, evidence)[0],
         steps=log.steps or (curve[-1][0] if curve else None),  # exported logs say step 0 when unknown
         loss_curve=curve, source=log.name)
-
-
-def loss_curve(path: Path) -> list[tuple[int, float]]:
-    """(step, train_loss) of the log's last run, thinned to MAX_CURVE_POINTS; [] when it prints none."""
-    try:
-        text = path.read_text("utf-8", errors="replace")
-    except OSError:
-        return []
-    points: list[tuple[int, float]] = []
-    for line in text.splitlines():
-        found = _LOSS_LINE.match(line)
-        if not found:
-            continue
-        step = int(found[1])
-        if points and step < points[-1][0]:
-            points = []  # the step count went back: a later run in the same log starts here
-        if not points or step > points[-1][0]:
-            points.append((step, float(found[2])))
-    stride = math.ceil(len(points) / MAX_CURVE_POINTS) if points else 1
-    return points[::-1][::stride][::-1]  # counted from the end, so the last step is always kept
 
 
 def _chosen(requested: list[int] | None, claimed: Claimed) -> list[int]:

@@ -11,7 +11,6 @@ from typing import Any
 from harness.atomic import write_text_atomic
 from harness.check import budgets
 from harness.check.claims import SeedEvidence, pick_score
-from harness.check.submission import Claims
 from harness.code import counted_bytes, scan_code
 from harness.data.shards import ShardError, train_shards, val_byte_sidecars, val_shards
 from harness.findings import FAIL, INFO, WARN, Evidence, Finding, UsageError
@@ -65,11 +64,12 @@ def run_legacy(spec, rules: Rules) -> Verdict:
         findings.append(Finding("metric", INFO, "metric.from_log", f"val_bpb {score.val_bpb} ({score.label}) is the "
                                 "script's own number from its log, not measured by the harness",
                                 (Evidence(log.name, score.line, score.text),), data=dict(facts)))
-    compressed = log.get("code_bytes_compressed") is not None
-    size = budgets.size_findings(seed, counted_bytes(code, scan_code(code, rules), compressed, rules), track,
-                                 Claims(), rules)
-    facts["logged_artifact_bytes"] = next((f.data["artifact_bytes"] for f in size if "artifact_bytes" in f.data), None)
-    findings += size + budgets.train_findings(seed, track, rules) + budgets.eval_findings(seed, track, rules)
+    scan = scan_code(code, rules)
+    judged = budgets.seed_budgets(seed, lambda compressed: counted_bytes(code, scan, compressed, rules), track,
+                                  rules, run_here=True)
+    facts["logged_artifact_bytes"] = next((f.data["artifact_bytes"] for f in judged if "artifact_bytes" in f.data),
+                                          None)
+    findings += judged
     after, left = payload.scan(code), payload.scan(artifact)
     written = {f"{seedfolder.CODE}/{name}": after.files[name][0] for name, what in payload.changes(staged, after)
                if what != "removed" and name in after.files}

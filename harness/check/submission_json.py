@@ -1,4 +1,5 @@
-"""submission.json: read it safely, validate it, and normalise what it claims.
+"""submission.json (the module is named for the file, not for the submission folder): read it safely, validate it,
+and normalise what it claims.
 
 The challenge's history has many spellings of the same claim (rules.md §3):
 per-seed scores under `seed_results`, under a `seeds` dict, or only as a mean;
