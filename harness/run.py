@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal as signals
 import sys
 import tempfile
 from dataclasses import dataclass, replace
@@ -159,12 +161,65 @@ def _span(received: Received, start: str, end: str) -> float | None:
     return None
 
 
-def _process_findings(phase: str, p: PhaseProcess, received: Received, limit_s: float) -> list[Finding]:
+def teardown_signal(phase: str, signal: str | None, received: Received, *, scored_all: bool = False,
+                    artifact_bytes: int = 0) -> str | None:
+    """The signal that ended a phase whose job had already delivered its complete result, else None.
+
+    `signal` is the signal a process of the job died by (None: none did). Complete means, for eval:
+    every validation position scored (`scored_all`: the ledger has no gap), rank 0's `result` event
+    and the eval_end mark of every rank; for train: the train_end mark of every rank and an artifact
+    of `artifact_bytes` > 0. A job that died by a signal only after that died in its teardown, when
+    nothing the harness judges could change any more: a WARN naming the signal, not a crash. Without
+    a signal, for any other phase, or with any part of the result missing, the crash stands (None).
+    """
+    if signal is None or not received.hellos:
+        return None
+    world = max(int(h.get("world_size", 0)) for h in received.hellos.values())
+    ranks = set(range(world)) | set(received.hellos)
+    if phase == "eval":
+        done = scored_all and 0 in received.results and ranks <= received.marks.get("eval_end", {}).keys()
+    elif phase == "train":
+        done = artifact_bytes > 0 and ranks <= received.marks.get("train_end", {}).keys()
+    else:
+        done = False
+    return signal if done else None
+
+
+# torchrun's report of its first failed worker; a negative exit code is the signal that killed it
+_TORCHRUN_FAILURE = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)")
+
+
+def _job_signal(p: PhaseProcess, log: Path) -> str | None:
+    """The signal that ended the job: its main process's own, else the one torchrun reports for its first
+    failed rank (torchrun itself then exits with 1). The torchrun line shares the log with the job's output."""
+    if p.signal or p.returncode == 0:
+        return p.signal
+    try:
+        text = log.read_text("utf-8", "replace")
+    except OSError:
+        return None
+    found = _TORCHRUN_FAILURE.search(text)
+    if found is None or int(found[1]) >= 0:
+        return None
+    try:
+        return f"{signals.Signals(-int(found[1])).name} (rank {found[2]})"
+    except ValueError:
+        return f"signal {-int(found[1])} (rank {found[2]})"
+
+
+def _process_findings(phase: str, p: PhaseProcess, received: Received, limit_s: float,
+                      teardown: str | None = None) -> list[Finding]:
+    """`teardown`: what teardown_signal() returned for this phase (a signal after the complete result)."""
     out: list[Finding] = []
     if p.timed_out:
         out.append(Finding("phase", FAIL, "phase.timeout", f"{phase} phase passed its hard limit of {limit_s:g} s "
                            f"and was stopped ({p.signal or 'exit ' + str(p.returncode)})",
                            data={"phase": phase, "wall_s": p.wall_s}))
+    elif p.returncode != 0 and teardown:
+        out.append(Finding("phase", WARN, "phase.teardown_signal", f"{phase} phase: a process died by {teardown} "
+                           f"in teardown (exit code {p.returncode}), after the job had delivered its complete "
+                           "result; the result stands, the crash is the submission's to fix; see "
+                           f"{phase}.log", data={"phase": phase, "signal": teardown, "returncode": p.returncode}))
     elif p.returncode != 0:
         out.append(Finding("phase", FAIL, "phase.crashed", f"{phase} phase exited with "
                            f"{p.signal or 'code ' + str(p.returncode)}; see {phase}.log", data={"phase": phase}))
@@ -340,7 +395,9 @@ def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track
     job = JobSpec(seed, nproc, tokenizer.name)
     process, got = _phase(job, phase, "train", code, None)
     marked = _span(got, "train_start", "train_end")
-    findings = _process_findings("train", process, got, phase.limit_s)
+    artifact_bytes = sum(f.stat().st_size for f in phase.artifact.rglob("*") if f.is_file())
+    ended = teardown_signal("train", _job_signal(process, phase.out / "train.log"), got, artifact_bytes=artifact_bytes)
+    findings = _process_findings("train", process, got, phase.limit_s, ended)
     findings += _time_findings("train", marked, rules.tracks[track].train_limit_s, "train_time")
     if _fingerprint(code) != before:
         findings.append(Finding("isolation", FAIL, "isolation.code_modified", "the train phase changed files in the "
@@ -354,8 +411,10 @@ def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track
 
 
 def phase_succeeded(record: dict[str, Any], out: Path) -> bool:
-    """The job exited 0 (and, for train, left at least one artifact file)."""
-    if record["process"]["returncode"] != 0:
+    """The job exited 0, or died by a signal only in teardown after its complete result (phase.teardown_signal);
+    and, for train, left at least one artifact file."""
+    if record["process"]["returncode"] != 0 and not any(f["code"] == "phase.teardown_signal"
+                                                        for f in record["findings"]):
         return False
     return record["phase"] != "train" or any(p.is_file() for p in (out / record["artifact"]).rglob("*"))
 
@@ -393,14 +452,16 @@ def eval_phase(phase: PhaseSpec, rules: Rules) -> dict[str, Any]:
     job = JobSpec(train["seed"], train["nproc"], tokenizer.name)
     process, got = _phase(job, phase, "eval", phase.out / "code", ledger)
     marked = _span(got, "eval_start", "eval_end")
-    findings = _process_findings("eval", process, got, phase.limit_s)
+    ended = teardown_signal("eval", _job_signal(process, phase.out / "eval.log"), got,
+                            scored_all=bool((ledger.count[1:] > 0).all()))
+    findings = _process_findings("eval", process, got, phase.limit_s, ended)
     findings += _time_findings("eval", marked, rules.tracks[train["track"]].eval_limit_s, "eval_time")
     findings += ledger.findings()
     if _fingerprint(phase.artifact) != artifact_before:
         findings.append(Finding("isolation", FAIL, "isolation.artifact_modified",
                                 "the eval phase changed the artifact it was given read-only"))
     facts: dict[str, Any] = {}
-    if process.returncode == 0:
+    if process.returncode == 0 or ended:
         metric, facts = _metric_findings(ledger, tokens, tokenizer, sidecar, got)
         findings += metric
     record = {"phase": "eval", "skipped": False, "limit_s": phase.limit_s, "process": _process_facts(process, marked),

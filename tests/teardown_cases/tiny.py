@@ -1,0 +1,1 @@
+../../examples/tiny/train_gpt.py
