@@ -19,8 +19,10 @@ import io
 import lzma
 import math
 import os
+import sys
 import tempfile
 import time
+import weakref
 from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass, fields, replace
@@ -30,6 +32,7 @@ import numpy as np
 import sentencepiece as spm
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401 -- imported before init_process_group: see teardown()
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -218,6 +221,30 @@ def setup_dist(cfg: Config) -> Dist:
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(rank, world, local, device)
+
+
+def teardown(ctx: Dist) -> None:
+    """Leave the process group so that the process can exit cleanly (docs/teardown-abort.md).
+
+    destroy_process_group() frees the group only if nothing else holds it; otherwise the group and its
+    worker threads live on into interpreter shutdown, where a gloo worker that drops a finished
+    collective's tensors needs the GIL and is ended by a forced unwind C++ cannot pass: SIGABRT,
+    "terminate called without an active exception", at random, after the work is done.
+    torch.distributed.nn.functional holds the group when first imported after init (its defaults
+    `group=group.WORLD` are evaluated then) and the first optimizer imports it (through torch._dynamo),
+    so it is imported at the top, before init. Should anything else hold the group, the process leaves
+    without interpreter shutdown, its output flushed.
+    """
+    if ctx.world == 1:
+        return
+    ctx.barrier()  # no rank tears the group down while another still talks to it
+    world = weakref.ref(dist.group.WORLD)
+    dist.destroy_process_group()
+    if world() is not None:
+        print("train_gpt.py: the process group outlived destroy_process_group; exiting without interpreter "
+              "shutdown", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def read_shard(path: str) -> np.ndarray:
@@ -1180,9 +1207,7 @@ def main() -> None:
     if phase in (None, "eval"):
         run_eval(cfg, ctx, sp, backend, artifact, events)
     events.close()
-    if ctx.world > 1:
-        ctx.barrier()  # no rank tears gloo down while another still talks to it (seen: abort at exit)
-        dist.destroy_process_group()
+    teardown(ctx)
 
 
 if __name__ == "__main__":

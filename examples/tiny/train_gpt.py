@@ -10,12 +10,15 @@ import glob
 import math
 import os
 import socket
+import sys
 import time
+import weakref
 
 import numpy as np
 import sentencepiece as spm
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401 -- imported before init_process_group: see teardown()
 import torch.nn as nn
 import torch.nn.functional as F
 from pgolf_events import Events, audit_positions
@@ -200,6 +203,29 @@ def ttt_step(model, opt, val, windows, world, vocab):
     opt.step()
 
 
+def teardown():
+    """Leave the process group so that the process can exit cleanly.
+
+    destroy_process_group() frees the group only if nothing else holds it. If something does, the
+    group and its gloo worker threads live on into interpreter shutdown; a worker that drops its last
+    reference to a finished collective's tensors then needs the GIL, Python ends that thread with a
+    forced unwind that C++ cannot pass, and the rank dies by SIGABRT ("terminate called without an
+    active exception"), at random, after its work is done. torch.distributed.nn.functional is such a
+    holder when first imported after init_process_group (its functions' defaults `group=group.WORLD`
+    are evaluated then); the first torch.optim optimizer imports it (through torch._dynamo), so it is
+    imported at the top, before init. Should anything else still hold the group, the process leaves
+    without interpreter shutdown, its output flushed (docs/teardown-abort.md).
+    """
+    dist.barrier()  # no rank tears gloo down while another still talks to it
+    world = weakref.ref(dist.group.WORLD)
+    dist.destroy_process_group()
+    if world() is not None:
+        print("tiny: the process group outlived destroy_process_group; exiting without interpreter shutdown",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(0)
+
+
 def main():
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -212,8 +238,7 @@ def main():
     else:
         evaluate(events, rank, world, vocab, sp)
     events.close()
-    dist.barrier()  # no rank tears gloo down while another still talks to it (an abort at exit, seen in CI)
-    dist.destroy_process_group()
+    teardown()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ verdict `pgolf verify` assembles from the phase records (harness.run.seedfolder)
 """
 from __future__ import annotations
 
+import re
+import signal as signals
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,66 @@ def span(received: Received, start: str, end: str) -> float | None:
     return None
 
 
-def process_findings(phase: str, p: PhaseProcess, received: Received, limit_s: float) -> list[Finding]:
+def teardown_signal(phase: str, signal: str | None, received: Received, *, scored_all: bool = False,
+                    artifact_bytes: int = 0) -> str | None:
+    """The signal that ended a phase whose job had already delivered its complete result, else None.
+
+    `signal` is the signal a process of the job died by (None: none did). Complete means, for eval:
+    every validation position scored (`scored_all`: the ledger has no gap), rank 0's `result` event
+    and the eval_end mark of every rank; for train: the train_end mark of every rank and an artifact
+    of `artifact_bytes` > 0. A job that died by a signal only after that died in its teardown, when
+    nothing the harness judges could change any more: a WARN naming the signal, not a crash. Without
+    a signal, for any other phase, or with any part of the result missing, the crash stands (None).
+    """
+    if signal is None or not received.hellos:
+        return None
+    world = max(int(h.get("world_size", 0)) for h in received.hellos.values())
+    ranks = set(range(world)) | set(received.hellos)
+    if phase == "eval":
+        done = scored_all and 0 in received.results and ranks <= received.marks.get("eval_end", {}).keys()
+    elif phase == "train":
+        done = artifact_bytes > 0 and ranks <= received.marks.get("train_end", {}).keys()
+    else:
+        done = False
+    return signal if done else None
+
+
+# torchrun's report of its first failed worker; a negative exit code is the signal that killed it
+_TORCHRUN_FAILURE = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)")
+
+
+def job_signal(p: PhaseProcess, log: Path) -> str | None:
+    """The signal that ended the job: its main process's own, else the one torchrun reports for its first
+    failed rank (torchrun itself then exits with 1). The torchrun line shares the log with the job's output,
+    so a job could forge it; that turns a crash into a WARN only when every score and the result were in."""
+    if p.signal or p.returncode == 0:
+        return p.signal
+    try:
+        text = log.read_text("utf-8", "replace")
+    except OSError:
+        return None
+    found = _TORCHRUN_FAILURE.search(text)
+    if found is None or int(found[1]) >= 0:
+        return None
+    try:
+        return f"{signals.Signals(-int(found[1])).name} (rank {found[2]})"
+    except ValueError:
+        return f"signal {-int(found[1])} (rank {found[2]})"
+
+
+def process_findings(phase: str, p: PhaseProcess, received: Received, limit_s: float,
+                     teardown: str | None = None) -> list[Finding]:
+    """`teardown`: what teardown_signal() returned for this phase (a signal after the complete result)."""
     out: list[Finding] = []
     if p.timed_out:
         out.append(Finding("phase", FAIL, "phase.timeout", f"{phase} phase passed its hard limit of {limit_s:g} s "
                            f"and was stopped ({p.signal or 'exit ' + str(p.returncode)})",
                            data={"phase": phase, "wall_s": p.wall_s}))
+    elif p.returncode != 0 and teardown:
+        out.append(Finding("phase", WARN, "phase.teardown_signal", f"{phase} phase: a process died by {teardown} "
+                           f"in teardown (exit code {p.returncode}), after the job had delivered its complete "
+                           "result; the result stands, the crash is the submission's to fix; see "
+                           f"{phase}.log", data={"phase": phase, "signal": teardown, "returncode": p.returncode}))
     elif p.returncode != 0:
         out.append(Finding("phase", FAIL, "phase.crashed", f"{phase} phase exited with "
                            f"{p.signal or 'code ' + str(p.returncode)}; see {phase}.log", data={"phase": phase}))

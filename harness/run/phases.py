@@ -99,12 +99,14 @@ def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track
         raise UsageError(f"{phase.artifact}: the artifact folder must start empty")
     code, staged = stage(phase.out, submission)
     process, got = _run(phase, "train", seed, nproc, tokenizer.name, code, None)
-    findings = judge.process_findings("train", process, got, phase.limit_s)
+    artifact = payload.scan(phase.artifact)
+    ended = judge.teardown_signal("train", judge.job_signal(process, seedfolder.log_path(phase.out, "train")), got,
+                                  artifact_bytes=artifact.file_bytes)
+    findings = judge.process_findings("train", process, got, phase.limit_s, ended)
     clocks, marked = judge.clock_findings("train", process, got, rules.tracks[track].train_limit_s,
                                           rules.outside_marks_s("train"))
     findings += clocks
     findings += judge.change_findings("train", "code", staged, payload.scan(code))
-    artifact = payload.scan(phase.artifact)
     record = {"phase": "train", "seed": seed, "nproc": nproc, "track": track, "submission": str(submission),
               "artifact": seedfolder.portable(phase.artifact, phase.out), "tokenizer": tokenizer.name,
               "limit_s": phase.limit_s, "steps": max(got.steps.values(), default=None),
@@ -150,7 +152,9 @@ def eval_phase(phase: PhaseSpec, rules: Rules, data_digest: str | None = None) -
                                       "since the train phase ended")
     ledger = Ledger(tokens, audit_positions(train["seed"], len(tokens)))
     process, got = _run(phase, "eval", train["seed"], train["nproc"], tokenizer.name, code, ledger)
-    findings += judge.process_findings("eval", process, got, phase.limit_s)
+    ended = judge.teardown_signal("eval", judge.job_signal(process, seedfolder.log_path(phase.out, "eval")), got,
+                                  scored_all=bool((ledger.count[1:] > 0).all()))
+    findings += judge.process_findings("eval", process, got, phase.limit_s, ended)
     clocks, marked = judge.clock_findings("eval", process, got, rules.tracks[train["track"]].eval_limit_s,
                                           rules.outside_marks_s("eval"))
     findings += clocks
@@ -159,7 +163,7 @@ def eval_phase(phase: PhaseSpec, rules: Rules, data_digest: str | None = None) -
     findings += judge.change_findings("eval", "artifact", artifact_before, payload.scan(phase.artifact))
     findings += judge.change_findings("eval", "data", data_before, payload.scan(phase.data))
     facts: dict[str, Any] = {}
-    if process.returncode == 0:
+    if process.returncode == 0 or ended:
         metric, facts = judge.metric_findings(ledger, tokens, tokenizer_bytes, sidecar, got)
         findings += metric
     record = {"phase": "eval", "skipped": False, "limit_s": phase.limit_s,

@@ -86,8 +86,10 @@ def artifact_of(out: Path) -> Path:
 
 
 def phase_succeeded(record: dict[str, Any], out: Path) -> bool:
-    """The job exited 0 (and, for train, left at least one regular artifact file)."""
-    if record["process"]["returncode"] != 0:
+    """The job exited 0, or died by a signal only in teardown after its complete result (phase.teardown_signal);
+    and, for train, left at least one regular artifact file."""
+    if record["process"]["returncode"] != 0 and not any(f["code"] == "phase.teardown_signal"
+                                                        for f in record["findings"]):
         return False
     return record["phase"] != "train" or bool(payload.scan(out / record["artifact"], hash_files=False).files)
 
