@@ -116,3 +116,15 @@ def test_run_never_extends_an_existing_run_folder(tmp_path):
     done = pgolf("run", "--seeds", "2", "--out", out)
     assert done.returncode == 2 and "never extended" in done.stderr and done.stderr.count("\n") == 1
     assert [p.name for p in out.iterdir()] == ["seed_1"]
+
+
+def test_headers_name_a_profile_only_where_the_command_has_one(record, tmp_path):
+    from harness.report import render_markdown, render_terminal
+
+    verdict = {"command": "verify", "target": "runs/x/seed_1", "track": "track_10min_16mb", "profile": None,
+               "status": "pass", "findings": [], "seeds": {}, "counts": dict.fromkeys(("fail", "warn", "pass", "info"), 0)}
+    with open(tmp_path / "terminal.txt", "w") as out:
+        render_terminal(verdict, out)
+    for text in ((tmp_path / "terminal.txt").read_text(), render_markdown(verdict)):
+        assert "track" in text and "profile" not in text and "None" not in text
+    assert "track track_10min_16mb, profile strict\n" in pgolf("check", record(SP8192)).stdout
