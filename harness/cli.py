@@ -19,7 +19,7 @@ from harness.atomic import write_text_atomic
 from harness.check.checker import check_folder
 from harness.data.variants import DataError
 from harness.findings import UsageError
-from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, TINY_EXAMPLE, default_run_folder
+from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, TINY_EXAMPLE, default_run_folder, shown
 from harness.report import render_markdown, render_terminal, verdict_json
 from harness.rules import RulesError, load_rules
 from harness.run.container import DEFAULT_IMAGE
@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 130
         if not args.quiet:
             render_terminal(verdict, sys.stdout, verbose=args.verbose)
-            print(f"  run folder: {spec.out}")
+            print(f"  run folder: {shown(spec.out)}")
         worst = max(worst, EXIT[verdict["status"]])
     return worst
 
@@ -213,7 +213,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         write_text_atomic(args.markdown, rerun_markdown(verdict))
     if not args.quiet:
         render_terminal(verdict, sys.stdout, verbose=args.verbose)
-        print(f"  rerun folder: {out} (verdict.json, report.md, report.html)")
+        print(f"  rerun folder: {shown(out)} (verdict.json, report.md, report.html)")
     return EXIT[verdict["status"]]
 
 
@@ -223,7 +223,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     folder = export_run(args.run, args.name, load_rules(args.rules), dest=args.dest, author=args.author,
                         github_id=args.github_id, date=args.date, force=args.force)
     if not args.quiet:
-        print(f"records folder: {folder}\n  next: fill in the TODOs of its README.md, then pgolf check {folder}")
+        where = shown(folder)
+        print(f"records folder: {where}\n  next: fill in the TODOs of its README.md, then pgolf check {where}")
     return 0
 
 
