@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
+import uuid
 import sys
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from harness.atomic import write_text_atomic
 from harness.check.checker import check_folder
 from harness.data.variants import DataError
 from harness.findings import UsageError
-from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, TINY_EXAMPLE, default_run_folder
+from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, TINY_EXAMPLE, default_run_folder, shown
 from harness.report import render_markdown, render_terminal, verdict_json
 from harness.rules import RulesError, load_rules
 from harness.run.container import DEFAULT_IMAGE
@@ -39,13 +41,26 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds {text}: expected comma-separated integers, e.g. 1,2,3") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise UsageError(f"--seeds {text}: expected distinct non-negative integers")
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise UsageError(f"--seeds {text}: expected comma-separated non-negative integers, e.g. 1,2,3")
+    seeds = [int(part) for part in parts]
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {text}: a seed is repeated")
     return seeds
+
+
+def _seconds(flag: str, value: float | None) -> float | None:
+    """A limit from the command line: a finite number of seconds above 0, or None for the rules' own."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} {value}: expected a positive number of seconds")
+    return value
+
+
+def _nproc(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise UsageError(f"--nproc {value}: expected at least 1")
+    return value
 
 
 def _backend(args: argparse.Namespace):
@@ -73,34 +88,51 @@ def _folders(*pairs: tuple[Path, str]) -> None:
             raise UsageError(f"{path}: no such {what}")
 
 
+def _dataset(data: Path, tokenizer: Path) -> None:
+    """A run needs both splits and the tokenizer: without them the job would start and fail inside."""
+    from harness.data.shards import train_shards, val_shards
+
+    _folders((data, "dataset folder"))
+    train, val = train_shards(data), val_shards(data)
+    if not train or not val:
+        raise UsageError(f"--data {data}: expected fineweb_train_*.bin and fineweb_val_*.bin shards, found "
+                         f"{len(train)} training and {len(val)} validation")
+    if not tokenizer.is_file():
+        raise UsageError(f"{tokenizer}: no such tokenizer file")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.run.seed import RunSpec, run_seed  # imports numpy and the event server: only runs need them
+    from harness.run.seedfolder import stamp_run
 
     rules = load_rules(args.rules)
     backend = _backend(args)
     rules.track(args.track)  # an unknown track stops here
-    _folders((args.submission, "submission folder"), (args.data, "dataset folder"))
-    if not args.tokenizer.is_file():
-        raise UsageError(f"{args.tokenizer}: no such tokenizer file")
-    if args.nproc < 1:
-        raise UsageError("--nproc must be at least 1")
+    _folders((args.submission, "submission folder"))
+    _dataset(args.data, args.tokenizer)
+    _nproc(args.nproc)
+    seeds = _seeds(args.seeds)
+    train_s = _seconds("--train-limit", args.train_limit) or rules.hard_limit(args.track, "train")
+    eval_s = _seconds("--eval-limit", args.eval_limit) or rules.hard_limit(args.track, "eval")
     out = args.out or default_run_folder("", args.submission.resolve().name)
-    worst = 0
-    for seed in _seeds(args.seeds):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out}: already exists and is not empty; a run is never extended or mixed with "
+                         "another (choose a new folder)")
+    run_id, worst = uuid.uuid4().hex, 0
+    for seed in seeds:
         spec = RunSpec(args.submission.resolve(), args.data.resolve(), args.tokenizer.resolve(), seed, args.nproc,
-                       out.resolve() / f"seed_{seed}", args.track, args.train_limit or rules.hard_limit(args.track, "train"),
-                       args.eval_limit or rules.hard_limit(args.track, "eval"), rules.phase_clock["grace_s"],
-                       echo=not args.quiet,
-                       legacy=args.legacy, backend=backend)
+                       out.resolve() / f"seed_{seed}", args.track, train_s, eval_s, rules.phase_clock["grace_s"],
+                       echo=not args.quiet, legacy=args.legacy, backend=backend)
         try:
             verdict = run_seed(spec, rules).to_dict()
+            stamp_run(spec.out, run_id)
         except KeyboardInterrupt:
             print(f"pgolf: interrupted; the running phase was stopped{' and its container removed' if args.container else ''}"
                   f", {spec.out} is unfinished", file=sys.stderr)
             return 130
         if not args.quiet:
             render_terminal(verdict, sys.stdout, verbose=args.verbose)
-            print(f"  run folder: {spec.out}")
+            print(f"  run folder: {shown(spec.out)}")
         worst = max(worst, EXIT[verdict["status"]])
     return worst
 
@@ -117,7 +149,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def _limit(args: argparse.Namespace, rules, track: str, phase: str) -> float:
-    return args.limit or rules.hard_limit(track, phase)
+    return _seconds("--limit", args.limit) or rules.hard_limit(track, phase)
 
 
 def cmd_phase_train(args: argparse.Namespace) -> int:
@@ -127,8 +159,7 @@ def cmd_phase_train(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules)
     rules.track(args.track)  # an unknown track stops here
     _folders((args.submission, "submission folder"), (args.data, "data folder"))
-    if args.nproc < 1:
-        raise UsageError("--nproc must be at least 1")
+    _nproc(args.nproc)
     out = args.out.resolve()
     phase = PhaseSpec(out, args.data.resolve(), (args.artifact or out / ARTIFACT).resolve(),
                       _limit(args, rules, args.track, "train"), rules.phase_clock["grace_s"], echo=not args.quiet)
@@ -142,12 +173,14 @@ def cmd_phase_eval(args: argparse.Namespace) -> int:
 
     rules = load_rules(args.rules)
     _folders((args.data, "data folder"))
+    limit = _seconds("--limit", args.limit)
     out = args.out.resolve()
     train = read_record(out, "train")
     if train is None:
         raise UsageError(f"{out}: no phase_train.json; run `pgolf phase train` first")
     phase = PhaseSpec(out, args.data.resolve(), (args.artifact or artifact_of(out)).resolve(),
-                      _limit(args, rules, train["track"], "eval"), rules.phase_clock["grace_s"], echo=not args.quiet)
+                      limit or rules.hard_limit(train["track"], "eval"), rules.phase_clock["grace_s"],
+                      echo=not args.quiet)
     record = eval_phase(phase, rules)
     return 0 if not record["skipped"] and phase_succeeded(record, out) else 1
 
@@ -166,12 +199,15 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from harness.rerun.rerun import RerunRequest, rerun
     from harness.rerun.report import render_markdown as rerun_markdown
 
+    if not args.merge:  # --merge runs nothing: it needs no data
+        _dataset(args.data, args.tokenizer)
     out = (args.out or default_run_folder("rerun_", args.folder.resolve().name)).resolve()
     request = RerunRequest(args.folder, out, args.data.resolve(), args.tokenizer.resolve(),
-                           seeds=_seeds(args.seeds) if args.seeds else None, nproc=args.nproc, track=args.track,
-                           legacy=args.legacy, resume=args.resume, merge=tuple(args.merge or ()),
-                           against=args.against, train_limit_s=args.train_limit, eval_limit_s=args.eval_limit,
-                           echo=not args.quiet, backend=_backend(args))
+                           seeds=_seeds(args.seeds) if args.seeds else None, nproc=_nproc(args.nproc),
+                           track=args.track, legacy=args.legacy, resume=args.resume, merge=tuple(args.merge or ()),
+                           against=args.against, train_limit_s=_seconds("--train-limit", args.train_limit),
+                           eval_limit_s=_seconds("--eval-limit", args.eval_limit), echo=not args.quiet,
+                           backend=_backend(args))
     try:
         verdict = rerun(request, load_rules(args.rules)).to_dict()
     except KeyboardInterrupt:
@@ -182,7 +218,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         write_text_atomic(args.markdown, rerun_markdown(verdict))
     if not args.quiet:
         render_terminal(verdict, sys.stdout, verbose=args.verbose)
-        print(f"  rerun folder: {out} (verdict.json, report.md, report.html)")
+        print(f"  rerun folder: {shown(out)} (verdict.json, report.md, report.html)")
     return EXIT[verdict["status"]]
 
 
@@ -192,7 +228,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     folder = export_run(args.run, args.name, load_rules(args.rules), dest=args.dest, author=args.author,
                         github_id=args.github_id, date=args.date, force=args.force)
     if not args.quiet:
-        print(f"records folder: {folder}\n  next: fill in the TODOs of its README.md, then pgolf check {folder}")
+        where = shown(folder)
+        print(f"records folder: {where}\n  next: fill in the TODOs of its README.md, then pgolf check {where}")
     return 0
 
 

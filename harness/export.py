@@ -42,8 +42,11 @@ def export_run(run: Path, name: str, rules: Rules, *, dest: Path | None = None, 
     date = date or dt.date.today().isoformat()
     try:
         dt.date.fromisoformat(date)
+        valid = len(date) == 10  # fromisoformat also takes 20260101, which no folder name may hold
     except ValueError:
-        raise UsageError(f"--date {date}: expected YYYY-MM-DD") from None
+        valid = False
+    if not valid:
+        raise UsageError(f"--date {date}: expected YYYY-MM-DD")
     if not FOLDER_NAME.match(f"{date}_{name}"):
         raise UsageError(f"--name {name!r}: use letters, digits and . _ + - (no spaces), e.g. SP8192_LegalTTT")
     seeds = _load_seeds(run, force)
@@ -88,6 +91,7 @@ def _load_seeds(run: Path, force: bool) -> dict[int, dict[str, Any]]:
         seeds[seed] = verdict
     if not seeds:
         raise UsageError(f"{run}: no seed_<s>/verdict.json; pass the folder `pgolf run --out` wrote")
+    seedfolder.one_run({seed: seedfolder.seed_folder(run, seed) for seed in seeds})
     failed = {s: next(f for f in v["findings"] if f["status"] == FAIL) for s, v in seeds.items() if v["status"] == FAIL}
     if failed and not force:
         seed, why = next(iter(failed.items()))

@@ -29,10 +29,15 @@ def _where(e: dict[str, Any]) -> str:
     return e["file"] + (f":{e['line']}" if "line" in e else "")
 
 
+def _profile(verdict: dict[str, Any], form: str) -> str:
+    """The submission.json profile, which only `check` has: run, rerun and verify print none."""
+    return form.format(verdict["profile"]) if verdict["profile"] else ""
+
+
 def render_terminal(verdict: dict[str, Any], out: TextIO = sys.stdout, verbose: bool = False) -> None:
     """Grouped findings, worst first; passes and infos are folded in a group that has problems."""
     paint = (lambda s, t: f"\033[{_COLOR[s]}m{t}\033[0m") if out.isatty() else (lambda s, t: t)  # noqa: E731
-    out.write(f"pgolf {verdict['command']} {verdict['target']}\n  track {verdict['track']}, profile {verdict['profile']}\n")
+    out.write(f"pgolf {verdict['command']} {verdict['target']}\n  track {verdict['track']}{_profile(verdict, ', profile {}')}\n")
     for check, group in _groups(verdict["findings"]):
         worst = max((f["status"] for f in group), key=_RANK.index)
         out.write(f"\n{paint(worst, _MARK[worst])} {check}\n")
@@ -52,7 +57,7 @@ ICON = {PASS: "✅", INFO: "ℹ️", WARN: "⚠️", FAIL: "❌"}
 
 def render_markdown(verdict: dict[str, Any]) -> str:
     lines = [f"## pgolf {verdict['command']}: {ICON[verdict['status']]} {verdict['status'].upper()}", "",
-             f"`{verdict['target']}` · track `{verdict['track']}` · profile `{verdict['profile']}`", ""]
+             f"`{verdict['target']}` · track `{verdict['track']}`{_profile(verdict, ' · profile `{}`')}", ""]
     if verdict["seeds"]:
         lines += ["| seed | val_bpb | train ms | steps | model bytes | log |", "|---|---|---|---|---|---|"]
         for seed, s in verdict["seeds"].items():

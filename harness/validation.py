@@ -1,13 +1,14 @@
 """JSON Schema validation with messages a participant can act on.
 
-All schemas live in schemas/ at the repository root and are Draft 2020-12. Errors are reported as "<json path>: <what was expected>"
-rather than jsonschema's repr-heavy default text.
+All schemas are Draft 2020-12, in schemas/ at the repository root; the package reads them as its
+data (harness/schemas links there; a wheel holds copies), so an installed pgolf needs no checkout.
+Errors are reported as "<json path>: <what was expected>" rather than jsonschema's repr-heavy text.
 """
 from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
 from typing import Any, Iterator
 
 from jsonschema import Draft202012Validator
@@ -15,13 +16,10 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-
-
 @cache
 def load_schema(name: str) -> dict[str, Any]:
     """Load schemas/<name>.schema.json."""
-    return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text("utf-8"))
+    return json.loads(files("harness").joinpath("schemas", f"{name}.schema.json").read_text("utf-8"))
 
 
 @cache

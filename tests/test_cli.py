@@ -83,3 +83,48 @@ def test_python_dash_m_and_console_script_agree(record):
     if script.exists():  # installed with pip install -e .
         direct = subprocess.run([script, "check", folder], capture_output=True, text=True)
         assert direct.stdout == pgolf("check", folder).stdout
+
+
+def test_every_usage_error_stops_before_anything_starts_in_one_line(tmp_path):
+    no_shards, out = tmp_path / "no_shards", tmp_path / "out"
+    no_shards.mkdir()
+    claimed = Path(__file__).parent / "fixtures" / "records" / SP8192
+    cases = [
+        (["run", "--data", no_shards], "found 0 training and 0 validation"),
+        (["run", "--seeds", "1,,2"], "--seeds 1,,2: expected comma-separated non-negative integers"),
+        (["run", "--seeds", "1,1"], "--seeds 1,1: a seed is repeated"),
+        (["run", "--train-limit", "nan"], "--train-limit nan: expected a positive number of seconds"),
+        (["run", "--train-limit", "inf"], "--train-limit inf: expected a positive"),
+        (["run", "--eval-limit", "-5"], "--eval-limit -5.0: expected a positive"),
+        (["run", "--nproc", "0"], "--nproc 0: expected at least 1"),
+        (["rerun", claimed, "--nproc", "0"], "--nproc 0: expected at least 1"),
+        (["rerun", claimed, "--data", no_shards], "found 0 training and 0 validation"),
+        (["rerun", claimed, "--train-limit", "0"], "--train-limit 0.0: expected a positive"),
+        (["phase", "eval", "--data", no_shards, "--limit", "-1"], "--limit -1.0: expected a positive"),
+        (["export", no_shards, "--name", "Demo", "--date", "20260101"], "--date 20260101: expected YYYY-MM-DD"),
+    ]
+    for args, message in cases:
+        done = pgolf(*args, *([] if args[0] == "export" else ["--out", out]), cwd=tmp_path)
+        assert done.returncode == 2 and done.stdout == "", (args, done.stdout, done.stderr)
+        assert done.stderr.count("\n") == 1 and message in done.stderr, (args, done.stderr)
+        assert not out.exists(), args  # nothing started
+
+
+def test_run_never_extends_an_existing_run_folder(tmp_path):
+    out = tmp_path / "runs" / "demo"
+    (out / "seed_1").mkdir(parents=True)
+    done = pgolf("run", "--seeds", "2", "--out", out)
+    assert done.returncode == 2 and "never extended" in done.stderr and done.stderr.count("\n") == 1
+    assert [p.name for p in out.iterdir()] == ["seed_1"]
+
+
+def test_headers_name_a_profile_only_where_the_command_has_one(record, tmp_path):
+    from harness.report import render_markdown, render_terminal
+
+    verdict = {"command": "verify", "target": "runs/x/seed_1", "track": "track_10min_16mb", "profile": None,
+               "status": "pass", "findings": [], "seeds": {}, "counts": dict.fromkeys(("fail", "warn", "pass", "info"), 0)}
+    with open(tmp_path / "terminal.txt", "w") as out:
+        render_terminal(verdict, out)
+    for text in ((tmp_path / "terminal.txt").read_text(), render_markdown(verdict)):
+        assert "track" in text and "profile" not in text and "None" not in text
+    assert "track track_10min_16mb, profile strict\n" in pgolf("check", record(SP8192)).stdout

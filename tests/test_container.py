@@ -148,10 +148,22 @@ def _run(command: list[str], env: dict[str, str] | None = None, timeout: float =
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def compose_command() -> list[str]:
+    """The Compose this machine has, as README.md gives both: v2's `docker compose`, else docker-compose 1.29."""
+    try:
+        v2 = _run(["docker", "compose", "version"], timeout=60).returncode == 0
+    except FileNotFoundError:
+        v2 = False
+    return ["docker", "compose"] if v2 else ["docker-compose"]
+
+
+COMPOSE = compose_command()
+
+
 @pytest.fixture(scope="module")
 def engine():
-    """The engine, docker-compose and an up-to-date pgolf:cpu image (built here when it is not)."""
-    for command in (["docker", "version", "--format", "{{.Server.Version}}"], ["docker-compose", "version"]):
+    """The engine, Compose and an up-to-date pgolf:cpu image (built here when it is not)."""
+    for command in (["docker", "version", "--format", "{{.Server.Version}}"], [*COMPOSE, "version"]):
         try:
             answer = _run(command, timeout=60)
         except FileNotFoundError:
@@ -182,10 +194,10 @@ class Project:
         self.seed_dir = self.runs / run_name / "seed_7"
 
     def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return _run(["docker-compose", "--profile", "cpu", *args], self.env, timeout)
+        return _run([*COMPOSE, "--profile", "cpu", *args], self.env, timeout)
 
     def container(self, service: str) -> dict:
-        ids = self.compose("ps", "-q", service).stdout.split()
+        ids = self.compose("ps", "-a", "-q", service).stdout.split()
         assert len(ids) == 1, f"{service}: containers {ids}"
         return json.loads(_run(["docker", "inspect", ids[0]]).stdout)[0]
 
@@ -246,7 +258,7 @@ def test_planted_violation_fails_verify_and_a_planted_network_call_in_eval_is_re
     up = bad.compose("up")
     exits = {s: bad.container(s)["State"]["ExitCode"] for s in PHASES}
     assert exits == {"train-cpu": 0, "eval-cpu": 0, "verify-cpu": 1}, up.stdout[-4000:] + up.stderr[-2000:]
-    assert bad.compose("ps", "-q", "export-cpu").stdout.strip() == ""  # no records folder for a failed run
+    assert bad.compose("ps", "-a", "-q", "export-cpu").stdout.strip() == ""  # no records folder for a failed run
     verdict = bad.verdict()
     failed = {f["code"] for f in verdict["findings"] if f["status"] == "fail"}
     assert verdict["status"] == "fail" and "ledger.update_before_score" in failed, verdict["findings"]
@@ -254,6 +266,36 @@ def test_planted_violation_fails_verify_and_a_planted_network_call_in_eval_is_re
     eval_log = (bad.seed_dir / "eval.log").read_text("utf-8")
     assert "planted network call: [Errno 101] Network is unreachable" in eval_log
     assert "planted network call" not in (bad.seed_dir / "train.log").read_text("utf-8")
+
+
+def test_compose_up_tool_starts_a_new_run_folder_each_time_owned_by_the_caller_with_host_paths(engine, tmp_path):
+    runs, data, env_file = tmp_path / "runs", _demo_copy(tmp_path), tmp_path / "submission.env"
+    env_file.write_text("PRESET=cpu-tiny\nTINY_STEPS=20\n")  # one rank, few steps: CI time on 2 cores
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": f"pgolftest{uuid.uuid4().hex[:8]}", "RUNS": str(runs),
+           "CPU_DATA_ROOT": str(data), "CPU_SUBMISSION_ENV": str(env_file), "CPU_NPROC": "1"}
+    try:
+        done = _run([str(REPO / "tools" / "compose-up"), "cpu", "7"], env, timeout=900)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        [run] = runs.iterdir()
+        assert run.name.startswith("demo-") and json.loads((run / "seed_7" / "verdict.json").read_text())["status"] == "pass"
+        [records] = (run / "records" / "track_10min_16mb").glob("*_Demo")
+        assert f"seed 7: {run}/seed_7 " in done.stdout and f"then pgolf check {records}\n" in done.stdout  # host paths
+        assert {p.stat().st_uid for p in [run, *run.rglob("*")]} == {os.getuid()}
+        assert (run / "seed_7" / "run_id").read_text() == f"compose-{run.name}\n"
+
+        trained = (run / "seed_7" / "phase_train.json").stat().st_mtime_ns
+        taken = {**env, "CPU_RUN_NAME": run.name}
+        again = _run([str(REPO / "tools" / "compose-up"), "cpu", "7"], taken, timeout=120)
+        assert again.returncode == 2 and f"{run} already exists; a run folder is never extended" in again.stderr
+        raw = _run([*COMPOSE, "--profile", "cpu", "up", "--no-color"], {**taken, "SEED": "7"}, timeout=300)
+        refusal = f"{runs}/{run.name}/seed_7 already holds a run and a run is never extended"
+        # refused by prepare; docker-compose 1.29 shows a dependency's exit code only, v2 its output too
+        shown = raw.stdout + raw.stderr if COMPOSE[0] == "docker" else _run(
+            [*COMPOSE, "--profile", "cpu", "logs", "--no-color", "prepare-cpu"], taken).stdout
+        assert refusal in shown, raw.stdout + raw.stderr
+        assert (run / "seed_7" / "phase_train.json").stat().st_mtime_ns == trained  # no phase ran again
+    finally:
+        _run([*COMPOSE, "--profile", "cpu", "down", "-v", "--remove-orphans"], env, timeout=120)
 
 
 def test_doctor_in_the_image_reports_shared_memory_as_the_engine_sets_it(engine):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,15 @@ def test_the_folder_appears_whole_or_not_at_all(run, tmp_path, monkeypatch):
         export_run(run, "Half", load_rules(), dest=dest, date="2026-05-01")
     assert written == ["train_seed1.log", "train_seed2.log", "submission.json"]  # partial content did exist
     assert list(dest.iterdir()) == []
+
+
+def test_seeds_of_two_runs_are_never_exported_as_one(run, failed_run, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(run, mixed)
+    shutil.rmtree(mixed / "seed_1")
+    shutil.copytree(failed_run / "seed_1", mixed / "seed_1")  # another runner's seed 1, copied in by hand
+    done = export(mixed, tmp_path / "records", "--force")
+    ids = [(folder / "seed_1" / "run_id").read_text().strip() for folder in (failed_run, run)]
+    assert done.returncode == 2 and ids[0] != ids[1], done.stderr
+    assert f"seeds 1 from run {ids[0]}; seeds 2 from run {ids[1]}" in done.stderr
+    assert not (tmp_path / "records").exists() or list((tmp_path / "records").iterdir()) == []

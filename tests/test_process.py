@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +15,9 @@ from harness.run.native import PhaseStartError, Sandbox, bwrap_works, run_phase
 
 CASES = Path(__file__).parent / "process_cases"
 ROOT = Path(__file__).parent.parent
-TORCHRUN = shutil.which("torchrun")
-needs_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed (pip install torch)")
+# the torchrun of the interpreter running the tests (.venv/bin is not on PATH under `.venv/bin/python
+# -m pytest`); torch is a test dependency, so a missing one is a failure, never a skip
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 ENFORCED = bwrap_works()
 MODES = pytest.mark.parametrize("isolate", [True, False], ids=["sandbox", "fallback"])
 
@@ -65,7 +65,6 @@ def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-@needs_torchrun
 def test_torchrun_deadline_kills_ranks_that_ignore_sigterm(tmp_path):
     """Workers live in their own sessions; only the namespace (or full tracking) takes them down."""
     result, marker = run(tmp_path, [TORCHRUN, "--standalone", "--nproc_per_node=2", "ddp.py", "hang"],
@@ -78,7 +77,6 @@ def test_torchrun_deadline_kills_ranks_that_ignore_sigterm(tmp_path):
     assert result.survivors == [] and alive(marker) == []
 
 
-@needs_torchrun
 def test_torchrun_without_network_has_localhost_only(tmp_path, capsys):
     """network=False: gloo rendezvous on localhost works, the internet is unreachable."""
     result, _ = run(tmp_path, [TORCHRUN, "--standalone", "--nproc_per_node=2", "ddp.py", "net"],

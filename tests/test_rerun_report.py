@@ -122,6 +122,8 @@ def test_the_markdown_summary_has_a_row_per_seed_with_the_verdict_s_numbers(reru
     for seed, row in verdict["seeds"].items():
         mark = "✅ reproduced" if row["outcome"] == "reproduced" else "❌ not reproduced"
         assert (f"| {seed} | {mark} | {row['claimed']['val_bpb']:.8f} | {row['reproduced']['val_bpb']:.8f} | "
-                f"{row['delta_val_bpb']:+.8f} |") in markdown
+                f"{row['delta_val_bpb']:+z.8f} |") in markdown
+    for text in (markdown, (rerun / "report.html").read_text()):  # a difference that rounds to 0 has no sign
+        assert not re.search(r"-0\.0+(?![0-9])", text)
     for f in verdict["findings"]:  # every finding appears once: the aggregate as a list, the rest in the table
         assert markdown.count(f["message"].replace("|", "\\|")) == 1, f["code"]

@@ -41,8 +41,8 @@ def render_markdown(verdict: dict[str, Any]) -> str:
         c, r = row["claimed"], row["reproduced"] or {}
         mark = "✅" if row["outcome"] == "reproduced" else "❌"
         lines.append(f"| {seed} | {mark} {OUTCOME[row['outcome']]} | {_num(c['val_bpb'], '.8f')} | "
-                     f"{_num(r.get('val_bpb'), '.8f')} | {_num(row.get('delta_val_bpb'), '+.8f')} | "
-                     f"{_num(row.get('delta_claimed_std'), '+.2f')} | "
+                     f"{_num(r.get('val_bpb'), '.8f')} | {_num(row.get('delta_val_bpb'), '+z.8f')} | "
+                     f"{_num(row.get('delta_claimed_std'), '+z.2f')} | "
                      + " | ".join(_pair(c[k], r.get(k), f) for k, f in (("artifact_bytes", ",.0f"), ("train_s", ".2f"),
                                                                      ("eval_s", ".2f"), ("steps", ",.0f")))
                      + " |")
@@ -117,8 +117,8 @@ def _seed_table(seeds: dict[str, Any]) -> str:
         status = PASS if row["outcome"] == "reproduced" else FAIL
         cells = [f"<td>{_e(seed)}</td>", f"<td class='text {status}'>{OUTCOME[row['outcome']]}</td>",
                  f"<td>{_num(c['val_bpb'], '.8f')}</td>", f"<td>{_num(r.get('val_bpb'), '.8f')}</td>",
-                 f"<td>{_num(row.get('delta_val_bpb'), '+.8f')}</td>",
-                 f"<td>{_num(row.get('delta_claimed_std'), '+.2f')}</td>"]
+                 f"<td>{_num(row.get('delta_val_bpb'), '+z.8f')}</td>",
+                 f"<td>{_num(row.get('delta_claimed_std'), '+z.2f')}</td>"]
         cells += [f"<td>{_e(_pair(c[k], r.get(k), f))}</td>" for k, f in
                   (("artifact_bytes", ",.0f"), ("train_s", ".2f"), ("eval_s", ".2f"), ("steps", ",.0f"))]
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -181,13 +181,13 @@ def _axes(frame: _Frame, x_ticks: bool = True, x_integer: bool = False) -> str:
         y = frame.y(v)
         out.append(f"<line class='grid' x1='{frame.left:.1f}' x2='{frame.left + frame.width:.1f}' y1='{y:.1f}' "
                    f"y2='{y:.1f}'/><text x='{frame.left - 4:.1f}' y='{y + 4:.1f}' text-anchor='end'>"
-                   f"{v:.{y_dec}f}</text>")
+                   f"{v:z.{y_dec}f}</text>")
     if x_ticks:
         xs, x_dec = _ticks(frame.x0, frame.x1, 5, integer=x_integer)
         for v in xs:
             x = frame.x(v)
             out.append(f"<text x='{x:.1f}' y='{frame.top + frame.height + 14:.1f}' text-anchor='middle'>"
-                       f"{v:,.{x_dec}f}</text>")
+                       f"{v:z,.{x_dec}f}</text>")
     bottom = frame.top + frame.height
     out.append(f"<path class='axis' fill='none' d='M{frame.left:.1f},{frame.top:.1f} V{bottom:.1f} "
                f"H{frame.left + frame.width:.1f}'/>")

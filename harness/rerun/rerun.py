@@ -356,9 +356,9 @@ def _score_findings(seed: int, claim: SeedNumbers, got: SeedNumbers, spread: flo
                         f"(see {seed_dir})", (Evidence(str(seed_dir / seedfolder.VERDICT)),), seed=seed)], "no_score"
     delta = got.val_bpb - claim.val_bpb
     units = delta / spread if spread else None
-    in_std = f"{units:+.2f} claimed std" if units is not None else "claimed std unknown: fewer than 2 distinct seeds"
+    in_std = f"{units:+z.2f} claimed std" if units is not None else "claimed std unknown: fewer than 2 distinct seeds"
     numbers = (f"seed {seed}: val_bpb claimed {claim.val_bpb:.8f}, reproduced {got.val_bpb:.8f} "
-               f"(Δ {delta:+.8f} BPB, {in_std})")
+               f"(Δ {delta:+z.8f} BPB, {in_std})")
     data = {"claimed": claim.val_bpb, "reproduced": got.val_bpb, "delta": delta, "delta_claimed_std": units,
             "tolerance_abs": tol["val_bpb_abs"], "tolerance_claimed_std": tol["val_bpb_claimed_std"]}
     where = (Evidence(claim.source), Evidence(str(seed_dir / seedfolder.VERDICT)))
@@ -422,13 +422,13 @@ def _aggregate_findings(pairs: list[tuple[float, float]], tol: dict[str, float])
         return []
     agg = _aggregate(pairs, tol["confidence"])
     level = f"{tol['confidence']:.0%}"
-    interval = (f", {level} CI [{agg['ci'][0]:+.8f}, {agg['ci'][1]:+.8f}]" if agg["ci"]
+    interval = (f", {level} CI [{agg['ci'][0]:+z.8f}, {agg['ci'][1]:+z.8f}]" if agg["ci"]
                 else " (no interval from one seed)")
     ok = abs(agg["mean_difference"]) <= tol["val_bpb_abs"] + 1e-12
     out = [Finding("statistics", PASS if ok else FAIL, "statistics.headline_reproduced" if ok
                    else "statistics.headline_not_reproduced",
                    f"mean of {len(pairs)} seed(s): claimed {agg['claimed_mean']:.8f}, reproduced "
-                   f"{agg['reproduced_mean']:.8f}; mean difference {agg['mean_difference']:+.8f} BPB{interval}; "
+                   f"{agg['reproduced_mean']:.8f}; mean difference {agg['mean_difference']:+z.8f} BPB{interval}; "
                    f"{'within' if ok else 'beyond'} ±{tol['val_bpb_abs']:g} BPB", data=agg)]
     if len(pairs) < 2:
         out.append(Finding("statistics", INFO, "statistics.too_few_seeds",

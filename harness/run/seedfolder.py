@@ -14,6 +14,8 @@ where the verdict is written, not later when rerun or export read it.
       train.log, eval.log   the jobs' output (legacy.log for a --legacy run)
       events_<phase>.jsonl  what the submission told the event server
       verdict.json          written last, atomically: its presence marks the seed finished
+      run_id                which run the seed belongs to: one id per `pgolf run` (per RUN_NAME of a
+                            compose run), so seeds of two runs are never exported as one
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from harness.validation import errors
 
 CODE, ARTIFACT, DATA = "code", "artifact", "data"
 VERDICT = "verdict.json"
+RUN_ID = "run_id"
 LEGACY_PHASE = "legacy"  # the one job of a --legacy run; its output is legacy.log
 
 
@@ -133,6 +136,22 @@ def run_verdicts(run: Path) -> dict[int, tuple[Path, dict[str, Any]]]:
             raise UsageError(f"{path}: not a verdict of `pgolf run`")
         found[int(seed)] = (path.parent, verdict)
     return dict(sorted(found.items()))
+
+
+def stamp_run(out: Path, run_id: str) -> None:
+    """Record the run the seed belongs to."""
+    write_text_atomic(out / RUN_ID, run_id + "\n")
+
+
+def one_run(folders: dict[int, Path]) -> None:
+    """Seeds exported together must come from one run: a usage error naming the seeds of each id."""
+    by_run: dict[str, list[int]] = {}
+    for seed, out in folders.items():
+        path = out / RUN_ID
+        by_run.setdefault(path.read_text("utf-8").strip() if path.is_file() else "none", []).append(seed)
+    if len(by_run) > 1:
+        groups = "; ".join(f"seeds {', '.join(map(str, s))} from run {r}" for r, s in by_run.items())
+        raise UsageError(f"the seeds come from {len(by_run)} different runs ({groups}); export one run")
 
 
 def seed_facts(verdict: dict[str, Any], seed: int) -> dict[str, Any]:
