@@ -89,3 +89,17 @@ def test_staging_takes_every_code_file_and_no_docs(tmp_path):
     (sub / "link").symlink_to(sub / "prior.pt")
     with pytest.raises(UsageError, match="symlink in the submission folder"):
         payload.stage_code(sub, tmp_path / "code2")
+
+
+def test_extended_attributes_and_caches_count(tmp_path):
+    """A model in a file's xattrs or in a __pycache__ folder of the artifact is still the artifact's bytes."""
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "m.pyc").write_bytes(b"w" * 500)
+    (tmp_path / "model.pt").write_bytes(b"m")
+    try:
+        os.setxattr(tmp_path / "model.pt", "user.weights", b"x" * 1000)
+    except OSError:
+        pytest.skip("this filesystem keeps no user xattrs")
+    found = payload.scan(tmp_path)
+    assert found.files["model.pt"][0] == 1 + len("user.weights") + 1000
+    assert found.files["__pycache__/m.pyc"][0] == 500

@@ -57,7 +57,7 @@ def job_environment(job: PhaseJob, data: PurePosixPath, artifact: PurePosixPath,
         "PGOLF_PHASE": job.phase, "PGOLF_PROTOCOL": "1", "PGOLF_SEED": str(job.seed), "SEED": str(job.seed),
         "DATA_PATH": str(data), "TOKENIZER_PATH": str(data / job.tokenizer),
         "PGOLF_ARTIFACT_DIR": str(artifact), "PGOLF_AUDIT_SEED": str(job.seed), "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
+        "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",  # the code folder stays as staged
         "PYTHONPATH": os.pathsep.join(filter(None, [str(client), base.get("PYTHONPATH")])),
     })
     if events is not None:

@@ -12,7 +12,8 @@ after it (and at verify), so a change made by a job shows.
 
 Every scan here walks without following links, never raises for what a job left behind (long
 names, deep trees, many files, unreadable or special files each become a finding), and reads no
-file that is not a regular one.
+file that is not a regular one. Extended attributes count as bytes of their file, and nothing is
+skipped: a bytecode cache in the artifact is artifact (jobs run with PYTHONDONTWRITEBYTECODE).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from harness.findings import UsageError
 
 NOT_CODE = ("README.md", "submission.json", "requirements.txt", "*.log")  # shipped, never run: not counted
-SKIPPED_FOLDERS = ("__pycache__",)
+CACHES = ("__pycache__",)  # a submission folder's bytecode caches are not staged (the jobs write none)
 MAX_LISTED = 20  # entries named in a finding; the rest are counted
 
 
@@ -83,8 +84,9 @@ def _kind(mode: int, links: int) -> str | None:
             stat.S_IFBLK: "device"}.get(stat.S_IFMT(mode), "special file")
 
 
-def scan(folder: Path, hash_files: bool = True) -> Scan:
-    """Walk `folder` (never following links) and apply the rule; never raises for its content."""
+def scan(folder: Path, hash_files: bool = True, skip: tuple[str, ...] = ()) -> Scan:
+    """Walk `folder` (never following links) and apply the rule; never raises for its content. `skip`
+    names folders left out (only a submission's caches, when staging: in code and artifact everything counts)."""
     out = Scan()
     stack = [""]
     while stack:
@@ -109,15 +111,25 @@ def scan(folder: Path, hash_files: bool = True) -> Scan:
             if kind is not None:
                 out.refused.append((path, kind))
             elif stat.S_ISDIR(info.st_mode):
-                if entry.name not in SKIPPED_FOLDERS:
+                if entry.name not in skip:
                     out.folders.append(path)
                     stack.append(path)
             else:
                 try:
-                    out.files[path] = (info.st_size, _sha256(entry.path) if hash_files else "")
+                    out.files[path] = (info.st_size + _xattr_bytes(entry.path),
+                                       _sha256(entry.path) if hash_files else "")
                 except OSError as exc:
                     out.unreadable.append((path, exc.strerror or str(exc)))
     return out
+
+
+def _xattr_bytes(path: str) -> int:
+    """Extended attributes carry bytes beside a file's content: their names and values count too."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+        return sum(len(os.fsencode(n)) + len(os.getxattr(path, n, follow_symlinks=False)) for n in names)
+    except OSError:  # a filesystem without xattrs
+        return 0
 
 
 def _printable(path: str) -> str:
@@ -136,7 +148,7 @@ def _sha256(path: str) -> str:
 def stage_code(submission: Path, code: Path) -> Scan:
     """Copy the submission's code files (all but NOT_CODE) into `code`: the only files either phase runs from.
     A link or special file in the submission folder is the user's error: ship the file itself."""
-    found = scan(submission)
+    found = scan(submission, skip=CACHES)
     if found.refused or found.unreadable:
         path, why = (found.refused or found.unreadable)[0]
         raise UsageError(f"{submission / path}: {why} in the submission folder; ship plain files only")
