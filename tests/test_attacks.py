@@ -7,7 +7,8 @@ expect.json: "why", the verdict "status", the "codes" that must be present with 
 "blocked" (the log must show the cheat's own "cheat blocked: ..." crash, so a crash for another
 reason does not count), optional "rules" (merged over rules.yaml), "ship" (files of N bytes added
 to the submission), "serve" (a host Unix socket an accomplice serves bytes on), "native"/"container"
-(overrides where the mechanism differs) and "known_gap" (a hole the harness still has: xfail, strict).
+(overrides where the mechanism differs) and "known_gap" (a hole the harness still has: the test
+xfails, strictly, and only because the run PASSED, i.e. the cheat worked; any other failure fails).
 A cheat is written so that, were it not stopped, the run would PASS with a better or stolen result.
 
 CI runs the cases marked "ci" (at least one per category, each on both back ends);
@@ -42,6 +43,10 @@ def expectation(case: str, backend: str) -> dict:
     return {**expect, **expect.get(backend, {})}
 
 
+class CheatWorked(AssertionError):
+    """A case meant to FAIL passed: the harness has the hole its cheat uses (xfail only where it is a known gap)."""
+
+
 def params():
     everything = os.environ.get("PGOLF_ATTACKS") == "all"
     for folder in sorted(p for p in CASES.iterdir() if (p / "expect.json").is_file()):
@@ -49,7 +54,8 @@ def params():
             expect = expectation(folder.name, backend)
             if expect.get("skip") or not (everything or expect.get("ci")):
                 continue
-            gap = [pytest.mark.xfail(reason=expect["known_gap"], strict=True)] if "known_gap" in expect else []
+            gap = [pytest.mark.xfail(reason=expect["known_gap"], raises=CheatWorked, strict=True)] \
+                if "known_gap" in expect else []
             yield pytest.param(folder.name, backend, marks=gap, id=f"{folder.name}-{backend}")
 
 
@@ -140,6 +146,8 @@ def test_attack(case, backend, tmp_path, request):
     verdict = json.loads((seed / "verdict.json").read_text())
     found = {f["code"]: f["status"] for f in verdict["findings"]}
     failing = "\n".join(f"{f['code']}: {f['message']}" for f in verdict["findings"] if f["status"] == "fail")
+    if verdict["status"] == "pass" and expect["status"] == "fail":
+        raise CheatWorked(f"{case} PASSES: the cheat worked ({expect['why']})")
     assert verdict["status"] == expect["status"], f"{case}: {expect['why']}\nfailing:\n{failing}"
     assert (run.returncode == 0) == (expect["status"] == "pass"), run.stderr[-2000:]
     for code, status in expect["codes"].items():
