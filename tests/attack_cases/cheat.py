@@ -68,3 +68,14 @@ def find(pattern: str) -> list[str]:
             folders[:] = [f for f in folders if f not in ("proc", "sys", "dev")]
         out += [os.path.join(base, f) for f in files if fnmatch.fnmatch(f, pattern)]
     return sorted(out)
+
+
+def rewrite(path: str) -> None:
+    """Write a file's first bytes back over themselves: the write, not a change, is the cheat's foothold."""
+    try:
+        with open(path, "r+b") as f:
+            head = f.read(64)
+            f.seek(0)
+            f.write(head)
+    except OSError as exc:
+        blocked(f"{path} is not writable: {exc}")
