@@ -201,6 +201,10 @@ class EventServer:
         if kind == "hello":
             if message["protocol"] != PROTOCOL:
                 self._problem(conn, f"speaks protocol {message['protocol']}, the harness {PROTOCOL}")
+            if conn.rank is not None or message["rank"] in self.received.hellos:
+                # one connection per rank: send times are checked along a connection, so a second one
+                # could carry frames stamped before what the first declared
+                return self._problem(conn, f"a second hello for rank {message['rank']}: a rank has one connection")
             conn.rank = message["rank"]
             self.received.hellos[conn.rank] = {**message, "t": t}
         elif conn.rank is None:

@@ -173,8 +173,9 @@ def artifact_findings(artifact: payload.Scan, code: payload.Scan, limit: int) ->
     if not artifact.files and not artifact.refused and not artifact.unreadable:
         return [Finding("size", FAIL, "size.no_artifact", "the train phase left no artifact in PGOLF_ARTIFACT_DIR")], 0
     if artifact.refused:
-        out.append(Finding("size", FAIL, "size.artifact_entry", f"the artifact holds {len(artifact.refused)} entr"
-                           f"{'y' if len(artifact.refused) == 1 else 'ies'} that are not plain files or folders: "
+        one = len(artifact.refused) == 1
+        out.append(Finding("size", FAIL, "size.artifact_entry", f"the artifact holds {len(artifact.refused)} "
+                           f"{'entry that is' if one else 'entries that are'} not a plain file or folder: "
                            f"{payload.listed(artifact.refused)}; only regular files may carry state to evaluation",
                            data={"entries": len(artifact.refused)}))
     if artifact.unreadable:
