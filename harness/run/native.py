@@ -184,14 +184,14 @@ def _bwrap_argv(sandbox: Sandbox, cwd: Path, root: Path, link_fd: int, hosts_fd:
     argv = ["bwrap", "--die-with-parent", "--new-session", "--as-pid-1", "--unshare-user", "--uid", str(JOB_UID),
             "--gid", str(JOB_UID), "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", sandbox.hostname, "--disable-userns", "--cap-drop", "ALL",
-            *([] if sandbox.network else ["--unshare-net"]), *_system_binds(),
-            "--proc", "/proc", "--dev", "/dev"]
+            *([] if sandbox.network else ["--unshare-net"]), "--proc", "/proc", "--dev", "/dev"]
     for device in sorted(glob.glob("/dev/nvidia*")):  # the GPUs, their control and UVM devices
         argv += ["--dev-bind", device, device]
     for name, inside in SCRATCH.items():
         (root / name).mkdir(mode=0o777)
         (root / name).chmod(0o1777)
         argv += ["--bind", str(root / name), inside]
+    argv += _system_binds()  # after the scratch folders: a venv or checkout under /tmp stays visible
     argv += ["--ro-bind-data", str(hosts_fd), "/etc/hosts", "--ro-bind", str(NSINIT), INIT_INSIDE]
     for path in [*sandbox.read_only, cwd]:
         argv += ["--ro-bind", str(path), str(path)]
