@@ -2,6 +2,7 @@
 stops the scan."""
 import os
 import socket
+import subprocess
 
 import pytest
 
@@ -103,3 +104,51 @@ def test_extended_attributes_and_caches_count(tmp_path):
     found = payload.scan(tmp_path)
     assert found.files["model.pt"][0] == 1 + len("user.weights") + 1000
     assert found.files["__pycache__/m.pyc"][0] == 500
+
+
+def test_the_plain_copy_keeps_what_counts_and_nothing_else(tmp_path):
+    """Times, modes, holes, preallocated blocks and creation order a job chose do not survive into eval's
+    artifact; content, names, folders and xattrs (all counted) do, so the fingerprint is unchanged."""
+    art = tmp_path / "artifact"
+    (art / "deep" / "er").mkdir(parents=True)
+    for i, name in enumerate(["z", "a", "m", "deep/er/w"]):  # made out of name order
+        (art / name).write_bytes(bytes([i]) * (i + 1))
+        os.chmod(art / name, 0o600 + i)
+        os.utime(art / name, ns=(i * 10**15 + 123, i * 10**15 + 456789))
+    with open(art / "sparse", "wb") as f:  # a hole: content reads as zeros, the layout is not content
+        f.seek(1 << 20)
+        f.write(b"end")
+    (art / "prealloc").write_bytes(b"abc")  # 3 bytes of content, a megabyte of blocks past its end
+    subprocess.run(["fallocate", "--keep-size", "--length", str(1 << 20), art / "prealloc"], check=True)
+    assert os.stat(art / "prealloc").st_blocks * 512 >= (1 << 20)
+    try:
+        os.setxattr(art / "a", "user.k", b"v" * 10)
+    except OSError:
+        pytest.skip("this filesystem keeps no user xattrs")
+    written = payload.scan(art)
+    payload.replace_with_plain_copy(art, written)
+    plain = payload.scan(art)
+    assert plain.fingerprint() == written.fingerprint()
+    assert os.getxattr(art / "a", "user.k") == b"v" * 10
+    entries = [art / p for p in [*plain.files, *plain.folders]] + [art]
+    assert {os.stat(p).st_mtime_ns for p in entries} == {payload.PLAIN_TIME_NS}
+    assert {os.stat(p).st_mode & 0o7777 for p in entries} == {payload.PLAIN_FILE_MODE, payload.PLAIN_FOLDER_MODE}
+    assert os.stat(art / "sparse").st_blocks * 512 >= (1 << 20)  # every block written
+    assert os.stat(art / "prealloc").st_blocks * 512 < (1 << 20)
+    inodes = [os.stat(art / name).st_ino for name in sorted(["z", "a", "m", "sparse", "prealloc"])]
+    assert inodes == sorted(inodes)  # made in name order, whatever order the job made them in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]  # nothing left beside it
+
+
+def test_staged_code_keeps_only_the_executable_bit(tmp_path):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "train_gpt.py").write_text("x")
+    (sub / "run.sh").write_text("x")
+    os.chmod(sub / "run.sh", 0o700)
+    os.utime(sub / "train_gpt.py", ns=(1, 2))
+    code = tmp_path / "code"
+    payload.stage_code(sub, code)
+    assert os.stat(code / "run.sh").st_mode & 0o7777 == payload.PLAIN_RUNNABLE_MODE
+    assert os.stat(code / "train_gpt.py").st_mode & 0o7777 == payload.PLAIN_FILE_MODE
+    assert os.stat(code / "train_gpt.py").st_mtime_ns == payload.PLAIN_TIME_NS

@@ -14,6 +14,11 @@ Every scan here walks without following links, never raises for what a job left 
 names, deep trees, many files, unreadable or special files each become a finding), and reads no
 file that is not a regular one. Extended attributes count as bytes of their file, and nothing is
 skipped: a bytecode cache in the artifact is artifact (jobs run with PYTHONDONTWRITEBYTECODE).
+
+What is not counted is not carried either: the staged code and the artifact eval reads are plain
+copies (`copy_plain`) — content and extended attributes only, written in name order with one mode and
+one time for all — so modification times, mode bits, holes, preallocated blocks and directory order
+that a job (or a submission folder) set carry nothing into a phase.
 """
 from __future__ import annotations
 
@@ -126,9 +131,8 @@ def scan(folder: Path, hash_files: bool = True, skip: tuple[str, ...] = ()) -> S
 def _xattr_bytes(path: str) -> int:
     """Extended attributes carry bytes beside a file's content: their names and values count too."""
     try:
-        names = os.listxattr(path, follow_symlinks=False)
-        return sum(len(os.fsencode(n)) + len(os.getxattr(path, n, follow_symlinks=False)) for n in names)
-    except OSError:  # a filesystem without xattrs
+        return sum(len(os.fsencode(n)) + len(os.getxattr(path, n, follow_symlinks=False)) for n in _xattr_names(path))
+    except OSError:
         return 0
 
 
@@ -145,6 +149,55 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+PLAIN_TIME_NS = 946_684_800 * 10**9  # 2000-01-01: every copied entry's access and modification time
+PLAIN_FILE_MODE, PLAIN_RUNNABLE_MODE, PLAIN_FOLDER_MODE = 0o644, 0o755, 0o755
+
+
+def copy_plain(source: Path, target: Path, files: list[str], folders: list[str]) -> None:
+    """Copy the regular `files` and the `folders` (relative paths) of `source` into the new folder `target`,
+    carrying only what the byte rule counts: content (every block written, so no holes) and extended
+    attributes. Entries are made in name order and get one time and one mode each (a file keeps only git's
+    executable bit)."""
+    target.mkdir(parents=True)
+    for folder in sorted(folders):
+        (target / folder).mkdir(parents=True, exist_ok=True)
+    for path in sorted(files):
+        src, dst = source / path, target / path
+        with open(src, "rb", buffering=0) as fin, open(dst, "xb", buffering=0) as fout:
+            while chunk := fin.read(1 << 20):
+                fout.write(chunk)
+        for name in _xattr_names(src):
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
+        runnable = os.stat(src, follow_symlinks=False).st_mode & 0o111
+        os.chmod(dst, PLAIN_RUNNABLE_MODE if runnable else PLAIN_FILE_MODE)
+        os.utime(dst, ns=(PLAIN_TIME_NS, PLAIN_TIME_NS), follow_symlinks=False)
+    for folder in [*sorted(folders, reverse=True), "."]:  # deepest first: adding an entry sets its folder's time
+        os.chmod(target / folder, PLAIN_FOLDER_MODE)
+        os.utime(target / folder, ns=(PLAIN_TIME_NS, PLAIN_TIME_NS), follow_symlinks=False)
+
+
+def _xattr_names(path: str | Path) -> list[str]:
+    try:
+        return sorted(os.listxattr(path, follow_symlinks=False))
+    except OSError:  # a filesystem without xattrs
+        return []
+
+
+def replace_with_plain_copy(folder: Path, found: Scan) -> None:
+    """Swap `folder` for a plain copy of its regular files (the artifact between the phases): what eval reads
+    then holds nothing the byte rule did not count. Only for a folder without refused or unreadable entries,
+    which stay where verify finds them."""
+    fresh, old = folder.with_name(folder.name + ".plain"), folder.with_name(folder.name + ".written")
+    try:
+        copy_plain(folder, fresh, list(found.files), found.folders)
+    except OSError:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    os.rename(folder, old)
+    os.rename(fresh, folder)
+    shutil.rmtree(old)
+
+
 def stage_code(submission: Path, code: Path) -> Scan:
     """Copy the submission's code files (all but NOT_CODE) into `code`: the only files either phase runs from.
     A link or special file in the submission folder is the user's error: ship the file itself."""
@@ -152,11 +205,8 @@ def stage_code(submission: Path, code: Path) -> Scan:
     if found.refused or found.unreadable:
         path, why = (found.refused or found.unreadable)[0]
         raise UsageError(f"{submission / path}: {why} in the submission folder; ship plain files only")
-    code.mkdir(parents=True)
-    for path in found.files:
-        if is_code(path):
-            (code / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(submission / path, code / path)
+    files = [path for path in found.files if is_code(path)]
+    copy_plain(submission, code, files, sorted({str(p) for f in files for p in Path(f).parents} - {"."}))
     return scan(code)
 
 

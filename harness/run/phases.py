@@ -17,7 +17,7 @@ from typing import Any
 
 from harness.client.pgolf_events import audit_positions
 from harness.data.shards import ShardError, read_tokens, train_shards, val_byte_sidecars, val_shards
-from harness.findings import FAIL, Finding, UsageError
+from harness.findings import FAIL, WARN, Finding, UsageError
 from harness.rules import Rules
 from harness.run import judge, payload, seedfolder
 from harness.run.backend import Backend, Native, PhaseJob
@@ -80,6 +80,20 @@ def _run(phase: PhaseSpec, name: str, seed: int, nproc: int, tokenizer: str, cod
     return process, server.received
 
 
+def _plain_artifact(folder: Path, written: payload.Scan) -> list[Finding]:
+    """Give eval a plain copy of the artifact (harness.run.payload.copy_plain), so its file times, modes and
+    layout carry nothing uncounted; an artifact with refused entries stays as written for verify to fail."""
+    if written.refused or written.unreadable or not written.files:
+        return []
+    try:
+        payload.replace_with_plain_copy(folder, written)
+    except OSError as exc:
+        return [Finding("size", WARN, "size.artifact_not_plain", f"the artifact could not be copied plain "
+                        f"({exc.filename}: {exc.strerror}): eval reads it as the job left it, with file times and "
+                        "modes the byte count does not cover")]
+    return []
+
+
 def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track: str, rules: Rules) -> dict[str, Any]:
     """Copy the code into the seed folder and run the train job; return (and write) its record."""
     if not (submission / "train_gpt.py").is_file():
@@ -100,12 +114,13 @@ def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track
     code, staged = stage(phase.out, submission)
     process, got = _run(phase, "train", seed, nproc, tokenizer.name, code, None)
     artifact = payload.scan(phase.artifact)
+    plain = _plain_artifact(phase.artifact, artifact)
     ended = judge.teardown_signal("train", judge.job_signal(process, seedfolder.log_path(phase.out, "train")), got,
                                   artifact_bytes=artifact.file_bytes)
     findings = judge.process_findings("train", process, got, phase.limit_s, ended)
     clocks, marked = judge.clock_findings("train", process, got, rules.tracks[track].train_limit_s,
                                           rules.outside_marks_s("train"))
-    findings += clocks
+    findings += clocks + plain
     findings += judge.change_findings("train", "code", staged, payload.scan(code))
     record = {"phase": "train", "seed": seed, "nproc": nproc, "track": track, "submission": str(submission),
               "artifact": seedfolder.portable(phase.artifact, phase.out), "tokenizer": tokenizer.name,
