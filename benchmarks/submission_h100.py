@@ -6,7 +6,7 @@ backends agree on the GPU and times them, then runs `pgolf run --submission subm
 with a short wall-clock budget, so the harness measures training, GPTQ + brotli and evaluation
 with score-first TTT on a slice of validation tokens. Prints a summary read off the phase logs and
 the verdict; raw files land in --out.
-Usage: python benchmarks/submission_h100.py --out DIR [--train-seconds 60] [--val-tokens 1000000]
+Usage: python benchmarks/submission_h100.py --out DIR [--train-seconds 60] [--val-tokens 1000000] [--probe]
 Fits one 600 s device call: 315 s measured with --val-tokens 300000 (compile ≈75 s, brotli 11 ≈2 min).
 """
 from __future__ import annotations
@@ -114,6 +114,10 @@ def summary(seed_dir: Path, wall_s: float) -> dict:
            "total_bytes": pick(r"^Total submission size quantized\+brotli: (\d+) bytes", train),
            "eval_warmup_s": pick(r"^eval:warm-up \(compile, random tokens\) ([\d.]+)s", evaluation),
            "score_line": pick(r"^(quantized_ttt .*)$", evaluation)}
+    probe_path = seed_dir / "probe" / "probe.json"
+    if probe_path.exists():
+        probe = json.loads(probe_path.read_text())
+        out["probe"] = probe["facts"] | {"findings": {f["code"]: f["message"] for f in probe["findings"]}}
     verdict_path = seed_dir / "verdict.json"
     if verdict_path.exists():
         verdict = json.loads(verdict_path.read_text())
@@ -130,6 +134,7 @@ def main() -> None:
     parser.add_argument("--val-tokens", type=int, default=1_000_000)
     parser.add_argument("--train-tokens", type=int, default=100_000_000)
     parser.add_argument("--deadline", type=float, default=560.0, help="stop pgolf run after this many seconds")
+    parser.add_argument("--probe", action="store_true", help="pgolf run --probe: time the behavioural probes too")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pgolf-bench-"))
@@ -150,7 +155,7 @@ def main() -> None:
            "GPTQ_RESERVE_SECONDS": str(reserve), "WARMUP_STEPS": "3", "TRAIN_LOG_EVERY": "5", "HOLDOUT_EVERY": "0"}
     cmd = [sys.executable, "-m", "harness", "run", "--submission", str(REPO / "submission"), "--nproc", "1",
            "--seeds", "1", "--data", str(data), "--tokenizer", str(work / "sp8192_demo.model"),
-           "--out", str(work / "run")]
+           "--out", str(work / "run")] + (["--probe"] if args.probe else [])
     start = time.perf_counter()
     try:
         run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.deadline)

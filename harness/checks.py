@@ -29,6 +29,7 @@ CHECKS: dict[str, str] = {
     "ledger": "the score ledger: single pass, score before update, normalised distributions",
     "metric": "val_bpb as the harness computes it, against the submission's own",
     "phase": "each phase's process: exit, time limit, artifact",
+    "probe": "the eval job rerun on streams the harness built: causal scores, targets unread",
     "protocol": "the event channel between the submission and the harness",
 }
 

@@ -102,11 +102,14 @@ def _dataset(data: Path, tokenizer: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness.run.probe import probe_and_verify
     from harness.run.seed import RunSpec, run_seed  # imports numpy and the event server: only runs need them
     from harness.run.seedfolder import stamp_run
 
     rules = load_rules(args.rules)
     backend = _backend(args)
+    if args.probe and args.legacy:
+        raise UsageError("--probe reruns the eval phase: a --legacy run has none")
     rules.track(args.track)  # an unknown track stops here
     _folders((args.submission, "submission folder"))
     _dataset(args.data, args.tokenizer)
@@ -125,6 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        echo=not args.quiet, legacy=args.legacy, backend=backend)
         try:
             verdict = run_seed(spec, rules).to_dict()
+            if args.probe:
+                verdict = probe_and_verify(spec.out, rules, backend, echo=not args.quiet).to_dict()
             stamp_run(spec.out, run_id)
         except KeyboardInterrupt:
             print(f"pgolf: interrupted; the running phase was stopped{' and its container removed' if args.container else ''}"
@@ -185,6 +190,32 @@ def cmd_phase_eval(args: argparse.Namespace) -> int:
     return 0 if not record["skipped"] and phase_succeeded(record, out) else 1
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from harness.run.probe import probe_and_verify
+
+    _folders((args.run, "run folder"))
+    if args.canaries < 1 or args.cuts < 0:
+        raise UsageError(f"--canaries {args.canaries} --cuts {args.cuts}: expected at least one canary and no "
+                         "negative number of cuts")
+    wanted = _seeds(args.seeds) if args.seeds else None
+    folders = sorted(p for p in args.run.iterdir() if re.fullmatch(r"seed_-?\d+", p.name)
+                     and (wanted is None or int(p.name[5:]) in wanted))
+    if not folders:
+        raise UsageError(f"{args.run}: no seed_<s> folder{' of --seeds ' + args.seeds if wanted else ''} to probe")
+    backend, rules, worst = _backend(args), load_rules(args.rules), 0
+    for folder in folders:
+        try:
+            verdict = probe_and_verify(folder.resolve(), rules, backend, args.canaries, args.cuts, args.secret,
+                                       echo=not args.quiet).to_dict()
+        except KeyboardInterrupt:
+            print(f"pgolf: interrupted; {folder / 'probe'} is unfinished", file=sys.stderr)
+            return 130
+        if not args.quiet:
+            render_terminal(verdict, sys.stdout, verbose=args.verbose)
+        worst = max(worst, EXIT[verdict["status"]])
+    return worst
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from harness.run.judge import verify
 
@@ -207,6 +238,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
                            track=args.track, legacy=args.legacy, resume=args.resume, merge=tuple(args.merge or ()),
                            against=args.against, train_limit_s=_seconds("--train-limit", args.train_limit),
                            eval_limit_s=_seconds("--eval-limit", args.eval_limit), echo=not args.quiet,
+                           probe=args.probe,
                            backend=_backend(args))
     try:
         verdict = rerun(request, load_rules(args.rules)).to_dict()
@@ -350,7 +382,25 @@ def _parser() -> argparse.ArgumentParser:
                      help="the script does not speak the protocol: run it as one job (train + eval hard limits, no "
                           "network, DATA_PATH with both splits) and read its scores from its log; the verdict "
                           "lists the guarantees this leaves unenforced")
+    run.add_argument("--probe", action="store_true", help="after each seed, `pgolf probe` it: the eval job run "
+                     "again on streams the harness builds, to judge causality and unread targets by behaviour")
     run.set_defaults(handler=cmd_run)
+
+    probe = commands.add_parser("probe", parents=[rules, verbose, quiet, container],
+                                help="rerun a finished run's eval job on probe streams: causal scores, targets unread",
+                                description="For each seed of RUNDIR, run its eval job again (same code, artifact and "
+                                "sandbox) on validation streams the harness builds: two controls (the noise floor), "
+                                "canaries (a random target after the real prefix) and cuts (other text after a random "
+                                "position). NLLs before each change must equal the control's (C1), a canary must be "
+                                "scored by the distribution the job sent for that context. Writes SEEDDIR/probe/ and "
+                                "the verdict again; exit 0 pass or warn, 1 fail.")
+    probe.add_argument("run", type=Path, metavar="RUNDIR", help="a `pgolf run` folder")
+    probe.add_argument("--seeds", help="comma-separated seeds to probe (default: every seed_<s> folder)")
+    probe.add_argument("--canaries", type=int, default=2, help="canary runs (default 2)")
+    probe.add_argument("--cuts", type=int, default=1, help="runs with other text after a random position (default 1)")
+    probe.add_argument("--secret", type=int, help="the secret that picks the streams (default: drawn now); give "
+                       "the one a probe.json records to rebuild its streams")
+    probe.set_defaults(handler=cmd_probe)
 
     clean = commands.add_parser("clean", parents=[quiet], help="remove containers that killed pgolf runs left behind",
                                 description="Remove every container labelled by pgolf whose harness process is gone "
@@ -407,6 +457,8 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--legacy", action="store_true", help="the script does not speak the protocol: run each seed as "
                        "one job, as `pgolf run --legacy` does")
     rerun.add_argument("--out", type=Path, metavar="RUNDIR", help="rerun folder (default: runs/<time>_rerun_<folder>)")
+    rerun.add_argument("--probe", action="store_true", help="probe each seed once it is run (see `pgolf probe`): "
+                       "a probe FAIL fails the seed's run")
     rerun.add_argument("--resume", action="store_true", help="continue the rerun in RUNDIR: finished seeds are kept, "
                        "an unfinished seed folder is set aside as seed_<s>.incomplete-<n> and run again")
     rerun.add_argument("--merge", type=Path, nargs="+", metavar="DIR", help="run nothing: judge the finished "

@@ -85,6 +85,7 @@ class RerunRequest:
     eval_limit_s: float | None = None
     echo: bool = True
     backend: Backend = Native()  # where each seed's jobs run
+    probe: bool = False  # probe each seed (harness.run.probe) once its run is finished
 
 
 def rerun(request: RerunRequest, rules: Rules) -> Verdict:
@@ -172,8 +173,11 @@ def _chosen(requested: list[int] | None, claimed: Claimed) -> list[int]:
 
 def run_seeds(request: RerunRequest, claimed: Claimed, seeds: list[int],
               rules: Rules) -> dict[int, tuple[Path, dict[str, Any]]]:
+    from harness.run.probe import probe_and_verify
     from harness.run.seed import RunSpec, run_seed  # imports torch's runner and the event server: only runs need them
 
+    if request.probe and request.legacy:
+        raise UsageError("--probe reruns the eval phase: a --legacy rerun has none")
     if not request.legacy and not claimed.speaks_protocol:
         raise UsageError(f"{claimed.folder}/train_gpt.py does not import pgolf_events, so it cannot run as separate "
                          "train and eval phases; rerun it with --legacy")
@@ -207,6 +211,9 @@ def run_seeds(request: RerunRequest, claimed: Claimed, seeds: list[int],
                 raise AssertionError(f"{seed_dir}: the runner returned without a valid verdict.json")
         else:
             _say(request, f"seed {seed}: finished earlier, kept ({seed_dir})")
+        if request.probe and seedfolder.read_probe(seed_dir) is None:
+            _say(request, f"seed {seed}: probing")
+            verdict = probe_and_verify(seed_dir, rules, request.backend, echo=request.echo).to_dict()
         runs[seed] = (seed_dir, verdict)
     return runs
 

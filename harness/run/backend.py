@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -36,6 +37,8 @@ class PhaseJob:
     hide: tuple[tuple[Path, tuple[str, ...]], ...] = ()  # folders the job must not read, with their file names
     run: str = ""  # the run folder, for labels
     private: tuple[Path, ...] = ()  # the run's records: never in the job's view
+    audit_seed: int | None = None  # PGOLF_AUDIT_SEED (eval): which positions' distributions the job sends
+    enough: threading.Event | None = None  # set once the harness has every score it needs: stop the job
 
 
 class Backend(Protocol):
@@ -56,7 +59,7 @@ def job_environment(job: PhaseJob, data: PurePosixPath, artifact: PurePosixPath,
     env.update({
         "PGOLF_PHASE": job.phase, "PGOLF_PROTOCOL": "1", "PGOLF_SEED": str(job.seed), "SEED": str(job.seed),
         "DATA_PATH": str(data), "TOKENIZER_PATH": str(data / job.tokenizer),
-        "PGOLF_ARTIFACT_DIR": str(artifact), "PGOLF_AUDIT_SEED": str(job.seed), "HF_HUB_OFFLINE": "1",
+        "PGOLF_ARTIFACT_DIR": str(artifact), "PGOLF_AUDIT_SEED": str(job.seed if job.audit_seed is None else job.audit_seed), "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",  # the code folder stays as staged
         "PYTHONPATH": os.pathsep.join(filter(None, [str(client), base.get("PYTHONPATH")])),
     })
@@ -93,7 +96,8 @@ class Native:
                           + (("artifact_read_only", job.artifact),) * (job.phase == "eval"),
                           hostname=f"pgolf-{job.phase}")
         return run_phase(torchrun(job.nproc), env=env, cwd=job.code, log_path=job.log, limit_s=job.limit_s,
-                         grace_s=job.grace_s, prefix=f"[{job.phase}] ", echo=job.echo, sandbox=sandbox)
+                         grace_s=job.grace_s, prefix=f"[{job.phase}] ", echo=job.echo, sandbox=sandbox,
+                         enough=job.enough)
 
     def settings(self) -> None:
         return None

@@ -96,6 +96,7 @@ class ContainerJob:
     memory: str | None = None  # the engine's memory limit, e.g. "8g"; None: none
     echo: bool = True
     hide: tuple[tuple[Path, tuple[str, ...]], ...] = ()  # folders the job must not read, with file names
+    enough: threading.Event | None = None  # set once the harness has every score it needs: stop the job
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class Container:
         return run_job(ContainerJob(
             self.image, job.phase, torchrun(job.nproc, "python3", "--tee", "3"), env, job.code, job.data,
             job.artifact, job.events.parent if job.events else None, job.log, job.limit_s, job.grace_s,
-            {"run": job.run, "seed": str(job.seed)}, self.gpus, self.memory, job.echo, job.hide))
+            {"run": job.run, "seed": str(job.seed)}, self.gpus, self.memory, job.echo, job.hide, job.enough))
 
     def settings(self) -> dict[str, Any]:
         return {"image": self.image, "gpus": self.gpus, "memory": self.memory}
@@ -398,7 +399,7 @@ class _Watch:
         self.pump.start()
         threading.Thread(target=self._wait, daemon=True).start()
         self.waiting = True
-        self.timed_out = supervise(self, self.job.limit_s, self.job.grace_s, TICK_S)
+        self.timed_out = supervise(self, self.job.limit_s, self.job.grace_s, TICK_S, self.job.enough)
 
     def _wait(self) -> None:
         try:

@@ -56,21 +56,25 @@ class Supervised(Protocol):
     def tick(self) -> None: ...  # between waits: what the back end watches while the job runs
 
 
-def supervise(job: Supervised, limit_s: float, grace_s: float, tick_s: float) -> bool:
-    """Wait for the job; at the limit SIGTERM it, after the grace SIGKILL it. True if it timed out."""
-    kill_at = None
+def supervise(job: Supervised, limit_s: float, grace_s: float, tick_s: float,
+              enough: threading.Event | None = None) -> bool:
+    """Wait for the job; at the limit SIGTERM it, after the grace SIGKILL it. True if it timed out. Once
+    `enough` is set (a probe run that has sent every score the harness needs) it is stopped the same way,
+    which is not a time-out."""
+    kill_at, deadline = None, False
     while True:
         now = time.monotonic()
-        if kill_at is None and now >= job.started + limit_s:
+        if kill_at is None and (now >= job.started + limit_s or (enough is not None and enough.is_set())):
+            deadline = now >= job.started + limit_s
             job.terminate()
             kill_at = now + grace_s
         elif kill_at is not None and now >= kill_at:
             job.kill()
             job.wait(None)
-            return True
+            return deadline
         wake = kill_at if kill_at is not None else job.started + limit_s
         if job.wait(min(tick_s, max(0.0, wake - now))):
-            return kill_at is not None
+            return deadline
         job.tick()
 
 

@@ -256,6 +256,9 @@ def verify(out: Path, rules: Rules) -> Verdict:
             phases["eval"] = evaluation["process"]
             facts.update(eval_wall_s=evaluation["process"]["wall_s"], eval_marked_s=evaluation["process"]["marked_s"],
                          **evaluation["metric"])
+    probe = seedfolder.read_probe(out)
+    if probe is not None:
+        findings += [Finding.from_dict(f) for f in probe["findings"]]
     verdict = Verdict(train["submission"], train["track"], None, findings, {train["seed"]: facts}, command="run",
                       extra={"nproc": train["nproc"], "phases": phases})
     write_text_atomic(out / seedfolder.VERDICT, verdict_json(verdict.to_dict()))

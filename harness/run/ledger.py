@@ -16,6 +16,7 @@ update on positions not yet scored (pre-quantization TTT and the like).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +35,10 @@ class _Kind:
 class Ledger:
     """Positions 1 … n_tokens-1 of the validation stream are the targets; 0 (the first BOS) is not."""
 
-    def __init__(self, tokens: np.ndarray, audit_positions: list[int], tolerance: float = 1e-3):
+    def __init__(self, tokens: np.ndarray, audit_positions: list[int], tolerance: float = 1e-3,
+                 enough_at: int | None = None, keep_rows: tuple[int, ...] = ()):
+        """`enough_at`: set `enough` once every position 1 … enough_at is scored (a probe run needs no more);
+        `keep_rows`: audit positions whose whole distribution is kept in `rows` (a probe's canaries)."""
         self.tokens = np.asarray(tokens)
         self.n = int(self.tokens.size)
         self.count = np.zeros(self.n, dtype=np.uint8)
@@ -47,6 +51,10 @@ class Ledger:
         self.updates: list[tuple[float, int, int, int]] = []  # (sent, start, end, rank)
         self._judged = False
         self.problems: dict[str, _Kind] = {}
+        self.keep_rows, self.rows = set(keep_rows), {}
+        self.enough = threading.Event()
+        self._enough_at = self.n - 1 if enough_at is None else min(enough_at, self.n - 1)
+        self._unscored = self._enough_at  # positions 1 … enough_at not scored yet
 
     def _problem(self, kind: str, text: str) -> None:
         entry = self.problems.setdefault(kind, _Kind())
@@ -70,6 +78,9 @@ class Ledger:
             self._problem("double_scored", f"rank {rank} scored positions {start + int(already[0])}… again "
                                            f"({already.size} of [{start}, {end}))")
         first = self.count[start:end] == 0
+        self._unscored -= int(np.count_nonzero(first[:max(0, self._enough_at + 1 - start)]))
+        if self._unscored <= 0:
+            self.enough.set()
         self.scored_by[start:end][first] = rank
         self.count[start:end] += 1
         self.nll[start:end] = nlls
@@ -119,6 +130,8 @@ class Ledger:
         target = int(self.tokens[position])
         picked = -float(logprobs[target]) if target < logprobs.size else math.inf
         self.audits[position] = (lse, picked)
+        if position in self.keep_rows:
+            self.rows[position] = np.array(logprobs, dtype=np.float32)
 
     def findings(self) -> list[Finding]:
         """C4 coverage, C3 ordering and C2 normalisation, as findings of check `ledger`."""

@@ -67,7 +67,7 @@ class Sandbox:
 
 def run_phase(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path, limit_s: float,
               grace_s: float = 10.0, prefix: str = "", echo: bool = True,
-              sandbox: Sandbox | None = Sandbox()) -> PhaseProcess:
+              sandbox: Sandbox | None = Sandbox(), enough: threading.Event | None = None) -> PhaseProcess:
     """Run `cmd` to completion or to `limit_s` (+`grace_s`); a crash is data, never an exception.
 
     `sandbox=None` runs the job on the host in its own session (tests, debugging). Ctrl-C or SIGTERM
@@ -84,7 +84,7 @@ def run_phase(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path,
                    sandbox if boxed else None, Path(root))
         try:
             gate.open()
-            timed_out = supervise(job, limit_s, grace_s, TICK_S)
+            timed_out = supervise(job, limit_s, grace_s, TICK_S, enough)
         except BaseException:  # Ctrl-C / SIGTERM to the harness: stop the job like at the deadline
             job.stop(grace_s)
             raise

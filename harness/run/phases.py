@@ -9,6 +9,7 @@ phase in its own container.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -65,18 +66,22 @@ def stage(out: Path, submission: Path) -> tuple[Path, payload.Scan]:
     return code, payload.stage_code(submission, code)
 
 
-def _run(phase: PhaseSpec, name: str, seed: int, nproc: int, tokenizer: str, code: Path,
-         ledger: Ledger | None) -> tuple[PhaseProcess, Received]:
-    """The phase's job on its back end, with the event server listening (and the ledger judging, in eval)."""
+def run_job(phase: PhaseSpec, name: str, seed: int, nproc: int, tokenizer: str, ledger: Ledger | None,
+            records: Path | None = None, audit_seed: int | None = None,
+            stop_when_enough: bool = False) -> tuple[PhaseProcess, Received]:
+    """The phase's job on its back end from the seed's staged code, with the event server listening (and the
+    ledger judging, in eval); its log and events go to `records` (the seed folder unless a probe says)."""
+    records = phase.out if records is None else records
     with tempfile.TemporaryDirectory(prefix="pgolf-") as sockets:  # AF_UNIX paths must stay short
         socket_path = Path(sockets) / "events.sock"
-        with seedfolder.events_path(phase.out, name).open("w", encoding="utf-8") as log:
+        with seedfolder.events_path(records, name).open("w", encoding="utf-8") as log:
             server = EventServer(socket_path, log, ledger)
             with server:
                 process = phase.backend.run_job(PhaseJob(
-                    name, seed, nproc, tokenizer, code, phase.data, phase.artifact, socket_path,
-                    seedfolder.log_path(phase.out, name), phase.limit_s, phase.grace_s, phase.echo, phase.hide,
-                    str(phase.out.parent), seedfolder.private_paths(phase.out)))
+                    name, seed, nproc, tokenizer, phase.out / seedfolder.CODE, phase.data, phase.artifact,
+                    socket_path, seedfolder.log_path(records, name), phase.limit_s, phase.grace_s, phase.echo,
+                    phase.hide, str(phase.out.parent), seedfolder.private_paths(phase.out), audit_seed,
+                    ledger.enough if stop_when_enough and ledger is not None else None))
     return process, server.received
 
 
@@ -112,7 +117,7 @@ def train_phase(phase: PhaseSpec, submission: Path, seed: int, nproc: int, track
     if any(phase.artifact.iterdir()):
         raise UsageError(f"{phase.artifact}: the artifact folder must start empty")
     code, staged = stage(phase.out, submission)
-    process, got = _run(phase, "train", seed, nproc, tokenizer.name, code, None)
+    process, got = run_job(phase, "train", seed, nproc, tokenizer.name, None)
     artifact = payload.scan(phase.artifact)
     plain = _plain_artifact(phase.artifact, artifact)
     ended = judge.teardown_signal("train", judge.job_signal(process, seedfolder.log_path(phase.out, "train")), got,
@@ -165,8 +170,10 @@ def eval_phase(phase: PhaseSpec, rules: Rules, data_digest: str | None = None) -
                                      "since the train phase staged it")
     findings += judge.digest_findings("eval", artifact_before, train["artifact_digest"], "artifact",
                                       "since the train phase ended")
-    ledger = Ledger(tokens, audit_positions(train["seed"], len(tokens)))
-    process, got = _run(phase, "eval", train["seed"], train["nproc"], tokenizer.name, code, ledger)
+    audit_seed = secrets.randbits(63)  # drawn per run, so no run can tell which positions another one audits
+    ledger = Ledger(tokens, audit_positions(audit_seed, len(tokens)))
+    process, got = run_job(phase, "eval", train["seed"], train["nproc"], tokenizer.name, ledger,
+                           audit_seed=audit_seed)
     ended = judge.teardown_signal("eval", judge.job_signal(process, seedfolder.log_path(phase.out, "eval")), got,
                                   scored_all=bool((ledger.count[1:] > 0).all()))
     findings += judge.process_findings("eval", process, got, phase.limit_s, ended)
@@ -181,7 +188,7 @@ def eval_phase(phase: PhaseSpec, rules: Rules, data_digest: str | None = None) -
     if process.returncode == 0 or ended:
         metric, facts = judge.metric_findings(ledger, tokens, tokenizer_bytes, sidecar, got)
         findings += metric
-    record = {"phase": "eval", "skipped": False, "limit_s": phase.limit_s,
+    record = {"phase": "eval", "skipped": False, "limit_s": phase.limit_s, "audit_seed": audit_seed,
               "process": judge.process_facts(process, marked), "metric": facts,
               "findings": [f.to_dict() for f in findings]}
     seedfolder.write_record(phase.out, "eval", record)

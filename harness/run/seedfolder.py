@@ -14,6 +14,8 @@ where the verdict is written, not later when rerun or export read it.
       train.log, eval.log   the jobs' output (legacy.log for a --legacy run)
       events_<phase>.jsonl  what the submission told the event server
       verdict.json          written last, atomically: its presence marks the seed finished
+      probe/                `pgolf probe`: one folder per probe run (its eval.log and events) and
+                            probe.json, its findings, facts and the secret that chose its streams
       run_id                which run the seed belongs to: one id per `pgolf run` (per RUN_NAME of a
                             compose run), so seeds of two runs are never exported as one
 """
@@ -30,7 +32,7 @@ from harness.rules import Rules
 from harness.run import payload
 from harness.validation import errors
 
-CODE, ARTIFACT, DATA = "code", "artifact", "data"
+CODE, ARTIFACT, DATA, PROBE = "code", "artifact", "data", "probe"
 VERDICT = "verdict.json"
 RUN_ID = "run_id"
 LEGACY_PHASE = "legacy"  # the one job of a --legacy run; its output is legacy.log
@@ -57,7 +59,7 @@ def private_paths(out: Path) -> tuple[Path, ...]:
     """What the harness writes about a seed and no job may see or touch: records, event logs, job logs, verdict."""
     phases = ("train", "eval", LEGACY_PHASE)
     return (*(record_path(out, p) for p in phases), *(events_path(out, p) for p in phases),
-            *(log_path(out, p) for p in phases), out / VERDICT)
+            *(log_path(out, p) for p in phases), out / VERDICT, out / PROBE)
 
 
 def write_record(out: Path, phase: str, record: dict[str, Any]) -> None:
@@ -66,13 +68,30 @@ def write_record(out: Path, phase: str, record: dict[str, Any]) -> None:
 
 def read_record(out: Path, phase: str) -> dict[str, Any] | None:
     """The phase's record, None when the phase never ran; an unreadable one is a usage error."""
-    path = record_path(out, phase)
+    return _read_json(record_path(out, phase), "phase record")
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: unreadable phase record ({exc})") from None
+        raise UsageError(f"{path}: unreadable {what} ({exc})") from None
+
+
+def probe_record_path(out: Path) -> Path:
+    return out / PROBE / "probe.json"
+
+
+def write_probe(out: Path, record: dict[str, Any]) -> None:
+    probe_record_path(out).parent.mkdir(exist_ok=True)
+    write_text_atomic(probe_record_path(out), json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_probe(out: Path) -> dict[str, Any] | None:
+    """The probe's record (harness.run.probe), None when the seed was never probed."""
+    return _read_json(probe_record_path(out), "probe record")
 
 
 def portable(artifact: Path, out: Path) -> str:

@@ -1,0 +1,164 @@
+"""Behavioural probes (harness.run.probe): the streams it builds, how it judges what comes back, and
+`pgolf probe` end to end on a real run of examples/tiny. The cheats it must catch are attack cases
+(tests/attack_cases/probe_*, ledger_*: run with --probe)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.client.pgolf_events import audit_positions
+from harness.findings import UsageError
+from harness.run import payload
+from harness.run.probe import MIN_TOLERANCE, Ran, Stream, judge, plan
+
+BOS = 1
+
+
+def stream_of(n: int = 5000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(4, 500, n).astype(np.uint16)
+    tokens[::300] = BOS  # documents
+    return tokens
+
+
+def test_streams_keep_the_prefix_and_change_at_the_cut():
+    tokens = stream_of()
+    streams = plan(tokens, secret=7, canaries=2, cuts=2)
+    assert [s.name for s in streams] == ["control_a", "control_b", "canary_1", "canary_2", "cut_1", "cut_2"]
+    a = streams[0]
+    canaries = [s for s in streams if s.canary is not None]
+    assert [s.cut for s in canaries] == [p for p in audit_positions(a.audit_seed, tokens.size) if p >= 2][:2]
+    for s in streams:
+        assert s.index.size == tokens.size  # as long as the real stream, made of its tokens
+        if s.cut is None:
+            assert (s.index == np.arange(tokens.size)).all()
+            continue
+        assert (s.index[:s.cut] == np.arange(s.cut)).all() and s.needed == s.cut
+        assert s.cut not in audit_positions(s.audit_seed, tokens.size)  # the job is not asked for the row there
+        if s.canary is not None:
+            assert tokens[s.index[s.cut]] == s.canary != tokens[s.cut]
+            assert tokens[s.index[s.cut + 1]] == BOS  # other text starts at a document start
+        else:
+            assert tokens[s.index[s.cut]] == BOS
+    assert all(s.cut <= a.needed for s in streams if s.cut)  # the controls cover every comparison
+    again = plan(tokens, secret=7, canaries=2, cuts=2)
+    assert [(s.audit_seed, s.cut, s.canary) for s in again] == [(s.audit_seed, s.cut, s.canary) for s in streams]
+    assert [s.cut for s in plan(tokens, secret=8, canaries=2, cuts=2)] != [s.cut for s in streams]
+    with pytest.raises(UsageError):
+        plan(tokens[:5], secret=1, canaries=1, cuts=0)
+
+
+def uniform(seen, p):
+    return np.full(500, -np.log(500.0))
+
+
+def runs(tokens: np.ndarray, nll_of, row_of=uniform, secret: int = 3):
+    """Ran records as a job would send them that scores position p of the stream it sees with
+    `nll_of(seen, p, audited)` and sends `row_of(seen, p)` as its distribution at the audited positions."""
+    streams = plan(tokens, secret, canaries=2, cuts=1)
+    keep = {s.cut for s in streams if s.canary is not None}
+    out = []
+    for s in streams:
+        seen = tokens[s.index]
+        audited = set(audit_positions(s.audit_seed, tokens.size))
+        nll = np.full(s.needed + 1, np.nan, np.float32)
+        for p in range(1, s.needed + 1):
+            nll[p] = nll_of(seen, p, p in audited)
+        rows = {c: row_of(seen, c).astype(np.float32) for c in keep} if s.name == "control_a" else {}
+        out.append(Ran(s, nll, audited, rows, True, 1.0, 0))
+    return out
+
+
+def honest(seen, p, audited):
+    """-log p(target) of a fixed uniform distribution over 500 tokens: causal, reads no target."""
+    return np.log(500.0)
+
+
+def codes(findings):
+    return {f.code: f.status for f in findings}
+
+
+def test_a_causal_job_that_reads_no_target_passes():
+    found, facts = judge(runs(stream_of(), honest), eval_wall_s=10.0)
+    assert codes(found) == {"probe.noise_floor": "info", "probe.causal": "pass", "probe.targets_unread": "pass"}
+    assert facts["noise_floor"] == 0.0 and facts["tolerance"] == MIN_TOLERANCE and facts["runs"] == 5
+
+
+def test_looking_ahead_is_noncausal():
+    def peeks(seen, p, audited):  # the NLL at p depends on the token after p
+        return np.log(500.0) + (0.01 * (int(seen[p + 1]) % 7) if p + 1 < seen.size else 0.0)
+    found = codes(judge(runs(stream_of(), peeks), 10.0)[0])
+    assert found["probe.noncausal"] == "fail" and "probe.causal" not in found
+
+
+def test_reading_the_target_fails_the_canary():
+    """A bonus on the true target, renormalised: its rows agree with its NLLs, only a canary tells."""
+    def with_bonus(seen, p):
+        logits = np.zeros(500)
+        logits[seen[p]] += 2.0
+        return logits - np.log(np.exp(logits).sum())
+
+    found = codes(judge(runs(stream_of(), lambda seen, p, audited: -with_bonus(seen, p)[seen[p]], with_bonus),
+                        10.0)[0])
+    assert found["probe.reads_targets"] == "fail" and found["probe.causal"] == "pass"
+
+
+def test_honesty_only_where_audited_fails():
+    def flattering(seen, p, audited):
+        return np.log(500.0) * (1.0 if audited else 0.9)
+    found = codes(judge(runs(stream_of(), flattering), 10.0)[0])
+    assert found["probe.audit_dependent"] == "fail"
+
+
+def test_noise_sets_the_tolerance_and_too_much_noise_judges_nothing():
+    tokens = stream_of()
+    ran = runs(tokens, honest)
+    b = next(r for r in ran if r.stream.name == "control_b")
+    b.nll[1:] += 0.001  # kernels that are not bitwise deterministic
+    found, facts = judge(ran, 10.0)
+    assert facts["noise_floor"] == pytest.approx(0.001, rel=1e-3) and facts["tolerance"] == pytest.approx(0.003, rel=1e-3)
+    assert codes(found)["probe.causal"] == "pass"
+    b.nll[1:] += 1.0
+    assert codes(judge(ran, 10.0)[0]) == {"probe.unjudged": "warn"}
+
+
+def test_a_run_that_stopped_early_is_not_compared():
+    ran = runs(stream_of(), honest)
+    cut = next(r for r in ran if r.stream.name == "cut_1")
+    cut.complete = False
+    found = codes(judge(ran, 10.0)[0])
+    assert found["probe.incomplete"] == "warn" and found["probe.causal"] == "pass"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe") / "run"
+    env = {**os.environ, "TINY_STEPS": "5", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = subprocess.run([sys.executable, "-m", "harness", "run", "-q", "--nproc", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    return out, env
+
+
+def test_pgolf_probe_judges_a_finished_run_and_leaves_its_view_as_it_was(tiny_run):
+    out, env = tiny_run
+    seed = out / "seed_1"
+    view_before = payload.scan(seed / "data" / "val").fingerprint()
+    argv = [sys.executable, "-m", "harness", "probe", str(out), "-q", "--canaries", "1", "--cuts", "0"]
+    probed = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert probed.returncode == 0, probed.stderr[-2000:]
+    assert payload.scan(seed / "data" / "val").fingerprint() == view_before
+    verdict = json.loads((seed / "verdict.json").read_text())
+    found = {f["code"]: f["status"] for f in verdict["findings"]}
+    assert found["probe.causal"] == "pass" and found["probe.targets_unread"] == "pass"
+    record = json.loads((seed / "probe" / "probe.json").read_text())
+    assert [s["name"] for s in record["plan"]["streams"]] == ["control_a", "control_b", "canary_1"]
+    assert record["facts"]["probe_wall_s"] > 0 and (seed / "probe" / "canary_1" / "eval.log").is_file()
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert again.returncode == 2 and "never overwrites a probe" in again.stderr and len(again.stderr.splitlines()) == 1
