@@ -6,27 +6,24 @@ the pattern is unambiguous (a SLOT/ETLB switch that is on by default). Code is r
 Speed matters (a 150 KB script must lint in well under 100 ms), so a file is cut at its
 column-0 `def`/`class` lines into blocks and only the blocks a rule's cheap regex selects are
 parsed. Blocks that will not parse (syntax errors; Python 3.12 f-strings on an older interpreter
-even after blanking them) fall back to line regexes. Self-extracting wrappers,
-`exec(lzma.decompress(base64.b85decode("...")))`, are unpacked and the code they run is linted.
+even after blanking them) fall back to line regexes. The code linted is harness.code's model of the
+folder: self-extracting wrappers are linted as the code they unpack, and every shipped file the
+entry reaches is linted.
 """
 from __future__ import annotations
 
 import ast
-import base64
 import bisect
-import bz2
-import lzma
 import pathlib
 import re
-import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Iterator, NamedTuple
 
+from harness.code import PySource, parse_python, read_python
 from harness.findings import FAIL, WARN, Evidence, Finding
 
 MAX_TEXT = 160
-MAX_UNPACKED = 16 << 20  # bytes a wrapper may decompress to: guards against decompression bombs
 
 _DATA = r"(?:tokens?|data|files?|shards?|loader|stream|docs|ids|u64|set|dataset|ds)"
 VAL_DATA = re.compile(rf"^(?:val|valid|validation)_{_DATA}$|val_tokens|^fineweb_val")  # data, not val_loss/val_bpb
@@ -46,7 +43,6 @@ OPTIMIZER = re.compile(r"adam|sgd|lbfgs|rmsprop|lion|muon|optim", re.I)
 SCORE_ACC = re.compile(r"loss|nll|bpb|bits|score", re.I)
 NO_GRAD = re.compile(r"no_grad|inference_mode")
 
-WRAPPER = re.compile(r"^exec\(\s*(?:\w+\.)*decompress\(", re.M)  # a statement, not the text a script writes
 BLOCK_HEAD = re.compile(r"^(?:@|def |async def |class )", re.M)
 # Block selection: which blocks a rule parses. re is several times faster on patterns that do
 # not start with a character class or an anchor, hence the odd spellings.
@@ -172,7 +168,7 @@ class Block:
     def parsed(self) -> list[Unit] | SyntaxError:
         """The block's units (line numbers as in the file, by padding with newlines), or the error."""
         try:
-            tree = _parse("\n" * (self.first_line - 1) + self.text)
+            tree = parse_python("\n" * (self.first_line - 1) + self.text)
         except (SyntaxError, RecursionError, MemoryError) as err:
             if isinstance(err, SyntaxError):
                 return err
@@ -252,72 +248,6 @@ class Source:
         return frozenset(re.findall(r"^(?:async )?def (\w+)", self.text, re.M))
 
 
-def _parse(text: str) -> ast.Module:
-    """ast.parse, retrying with f-string bodies blanked: records written for Python 3.12 nest
-    same-kind quotes inside f-strings (PEP 701), which older parsers reject."""
-    if "\0" in text:
-        raise SyntaxError("source contains NUL bytes (binary file?)", ("", 1, 0, ""))
-    try:
-        return ast.parse(text)
-    except SyntaxError as err:
-        masked = _mask_fstrings(text)
-        if masked == text:
-            raise
-        try:
-            return ast.parse(masked)
-        except SyntaxError:
-            raise err from None
-
-
-_STRING_START = re.compile(r"""#|(?<![\w])([rRbBuUfF]{0,2})('''|\"\"\"|'|")""")
-
-
-def _mask_fstrings(text: str) -> str:
-    """Replace every f-string's body with spaces (newlines kept), leaving other code intact."""
-    pieces, pos, copied = [], 0, 0
-    while m := _STRING_START.search(text, pos):
-        if m.group() == "#":
-            newline = text.find("\n", m.end())
-            pos = newline if newline >= 0 else len(text)
-            continue
-        body_end, pos = _string_end(text, m.end(), m.group(2), "f" in m.group(1).lower())
-        if "f" in m.group(1).lower():
-            pieces += [text[copied:m.end()], re.sub(r"[^\n]", " ", text[m.end():body_end])]
-            copied = body_end
-    return "".join(pieces) + text[copied:]
-
-
-def _string_end(text: str, i: int, quote: str, fmt: bool) -> tuple[int, int]:
-    """(end of body, index past the closing quote) of the literal whose body starts at `i`."""
-    n = len(text)
-    while i < n:
-        if text[i] == "\\":
-            i += 2
-        elif text.startswith(quote, i):
-            return i, i + len(quote)
-        elif fmt and text.startswith("{{", i):
-            i += 2
-        elif fmt and text[i] == "{":
-            i = _field_end(text, i + 1)
-        else:
-            i += 1
-    return n, n
-
-
-def _field_end(text: str, i: int) -> int:
-    """Index past the `}` closing an f-string replacement field that starts at `i`; the field
-    may hold strings quoted like the f-string itself (PEP 701)."""
-    depth, n = 1, len(text)
-    while i < n and depth:
-        m = _STRING_START.match(text, i)
-        if m and m.group(2):
-            i = _string_end(text, m.end(), m.group(2), "f" in m.group(1).lower())[1]
-            continue
-        depth += (text[i] in "{[(") - (text[i] in "}])")
-        i += 1
-    return i
-
-
 def _units(body: list[ast.stmt]) -> Iterator[ast.AST]:
     """Functions and methods, then the remaining statements as one pseudo-function."""
     rest = []
@@ -330,45 +260,6 @@ def _units(body: list[ast.stmt]) -> Iterator[ast.AST]:
             rest.append(stmt)
     if rest:
         yield ast.Module(body=rest, type_ignores=[])
-
-
-def _unpack(text: str) -> tuple[int, str] | None:
-    """(exec line, code) of an `exec(<decompress>(<b85/b64 decode>("...")))` wrapper."""
-    if len(text) > 1 << 20 or not WRAPPER.search(text):
-        return None
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError):
-        return None
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and _callee(node) == "exec" and node.args:
-            inner = list(ast.walk(node.args[0]))
-            blob = next((c.value for c in inner if isinstance(c, ast.Constant) and isinstance(c.value, (str, bytes))
-                         and len(c.value) > 64), None)
-            decode = next((getattr(base64, _callee(c)) for c in inner if isinstance(c, ast.Call)
-                           and _callee(c) in ("b85decode", "b64decode", "a85decode")), None)
-            if blob is not None and decode is not None:
-                try:
-                    code = _decompress(decode(blob))
-                except ValueError:
-                    continue
-                if code is not None:
-                    return node.lineno, code.decode("utf-8", errors="replace")
-    return None
-
-
-def _decompress(data: bytes) -> bytes | None:
-    """The formats wrappers use (xz, raw LZMA2, zlib/gzip, bz2), each capped at MAX_UNPACKED."""
-    makers = (lambda: lzma.LZMADecompressor(),
-              lambda: lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}]),
-              lambda: zlib.decompressobj(47),
-              lambda: bz2.BZ2Decompressor())
-    for make in makers:
-        try:
-            return make().decompress(data, MAX_UNPACKED)
-        except (lzma.LZMAError, zlib.error, OSError, ValueError, EOFError):
-            continue
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -788,18 +679,30 @@ RULES: tuple[Callable[[Source], Iterator[Hit]], ...] = (
 
 
 def lint_files(folder: pathlib.Path, code_files: list[pathlib.Path]) -> list[Finding]:
-    """Lint each code file. Never raises: a file that cannot be read or analysed becomes a
-    lint.unparsed WARN rather than taking the harness down."""
-    findings: list[Finding] = []
+    """Lint each code file as it runs (an exec wrapper's unpacked code); a file that cannot be
+    read is one lint.unparsed WARN."""
+    sources, findings = [], []
     for path in code_files:
         rel = _relative(folder, path)
+        source = read_python(pathlib.Path(path), rel)
+        if source is None:
+            findings.append(Finding("lint", WARN, "lint.unparsed", f"{rel} could not be read.", (Evidence(rel),)))
+        else:
+            sources.append(source)
+    return findings + lint_sources(sources)
+
+
+def lint_sources(sources: list[PySource]) -> list[Finding]:
+    """Lint the code model's Python sources. Never raises: a source that cannot be analysed
+    becomes a lint.unparsed WARN rather than taking the harness down."""
+    findings: list[Finding] = []
+    for source in sources:
         try:
-            text = pathlib.Path(path).read_bytes().decode("utf-8", errors="replace")
-            unpacked = _unpack(text)
-            findings += lint_source(Source(rel, unpacked[1], unpacked[0]) if unpacked else Source(rel, text))
+            findings += lint_source(Source(source.rel, source.text, source.exec_line))
         except Exception as err:  # noqa: BLE001 -- the one place a linter bug must not escape
             findings.append(Finding("lint", WARN, "lint.unparsed",
-                                    f"{rel} could not be linted ({type(err).__name__}: {err}).", (Evidence(rel),)))
+                                    f"{source.rel} could not be linted ({type(err).__name__}: {err}).",
+                                    (Evidence(source.rel),)))
     return findings
 
 
