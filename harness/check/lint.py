@@ -48,7 +48,7 @@ BLOCK_HEAD = re.compile(r"^(?:@|def |async def |class )", re.M)
 # not start with a character class or an anchor, hence the odd spellings.
 SEL_VAL = re.compile(rf"val(?:id|idation)?_{_DATA}\b|fineweb_val")
 SEL_TRAIN = re.compile(r"train_(?:tokens?|data|files?|shards?|loader|stream|ds|dataset|batch)|fineweb_train")
-SEL_SINK = re.compile(r"oader\(|tream\(|batches\(|essian|gptq|GPTQ|calib|save\(|serializ|compress")
+SEL_SINK = re.compile(r"essian|gptq|GPTQ|calib|save\(|serializ|compress")
 SEL_JOIN = re.compile(r"cat\(|concatenate\(|stack\(|chain\(")
 SEL_GRAD = re.compile(r"\.backward\s*\(|autograd\.grad\s*\(")
 SEL_REQUIRES_GRAD = re.compile(r"requires_grad|Parameter\(")
@@ -423,7 +423,8 @@ def _truthy(text: str | None, aliases: dict[str, str]) -> bool | None:
 def val_in_training(src: Source) -> Iterator[Hit]:
     """Validation data reaching a training input: a `train_*` name bound to val data (a line
     regex, which also covers Hyperparameters classes and keyword arguments), or a val-carrying
-    call to a training sink (_val_sink). Gradient steps on val are prequant_ttt's business."""
+    call to GPTQ calibration, an artifact writer or a join with training data (_val_sink). Paths
+    into a training loader or optimiser are val_data_flow's; gradient steps on val prequant_ttt's."""
     for line, col, _ in src.matches(TRAIN_BOUND_TO_VAL):
         yield Hit("val_in_training", line, col, "A training input (`train_*`) is bound to validation data; training "
                   "may read only fineweb_train_* (README: no training on validation tokens).")
@@ -433,17 +434,16 @@ def val_in_training(src: Source) -> Iterator[Hit]:
                 yield hit
 
 
-SINKS = (("a training loader", re.compile(r"loader|stream|batches", re.I), re.compile(r"train", re.I)),
-         ("GPTQ/Hessian calibration", re.compile(r"hessian|gptq|quant\w*calib|calib\w*quant", re.I), None),
-         ("an artifact writer", re.compile(r"^save$|serializ|compress", re.I), None))
+SINKS = (("GPTQ/Hessian calibration", re.compile(r"hessian|gptq|quant\w*calib|calib\w*quant", re.I)),
+         ("an artifact writer", re.compile(r"^save$|serializ|compress", re.I)))
 
 
 def _val_sink(call: ast.Call, unit: Unit) -> Hit | None:
     """A call that joins val with training data, or hands val data (by name or assignment flow)
-    to a loader whose callee or result is train-named, to GPTQ/Hessian calibration, or to an
-    artifact writer ("paid prefix"). `val_loader = Loader(val_files)` and eval calls stay silent."""
+    to GPTQ/Hessian calibration or to an artifact writer ("paid prefix"). Training loaders and
+    optimisers are val_data_flow's, which follows assignments in order. Eval calls stay silent."""
     name = _callee(call)
-    if not (name in JOIN or any(rx.search(name) for _, rx, _ in SINKS)):
+    if not (name in JOIN or any(rx.search(name) for _, rx in SINKS)):
         return None
     read = set().union(*(unit.reads(a) for a in [*call.args, *(k.value for k in call.keywords)]))
     if not read & unit.val:
@@ -453,9 +453,8 @@ def _val_sink(call: ast.Call, unit: Unit) -> Hit | None:
                    "so validation tokens enter training (README: no training on validation tokens).") \
             if any(TRAIN_DATA.search(n) for n in read) else None
     bound = " ".join(unit.bound.get(call, ()))
-    for kind, callee_rx, context_rx in SINKS:
-        if callee_rx.search(name) and not re.search(r"val", bound, re.I) and \
-                (context_rx is None or context_rx.search(f"{name} {bound}")):
+    for kind, callee_rx in SINKS:
+        if callee_rx.search(name) and not re.search(r"val", bound, re.I):
             return Hit("val_in_training", call.lineno, call.col_offset,
                        f"Validation data is passed to `{name}()`, {kind}; validation tokens may only be scored, "
                        "never trained on, calibrated on or stored (README; issue #1017 C1).")
@@ -670,8 +669,226 @@ def _chain_constants(node: ast.AST) -> Iterator[float]:
         yield from _chain_constants(node.right)
 
 
+# ---------------------------------------------------------------------------------------------
+# Data flow: validation data followed through assignments to a training loader or an optimiser
+
+
+VAL_SOURCE = re.compile(r"^(?:val|valid|validation)_(?:files?|pattern|glob|shards?|paths?|dir|tokens?|data|docs|ids"
+                        r"|set|dataset|ds|stream)$|^fineweb_val", re.I)
+FLOW_OPS = ("append", "extend", "insert", "add", "update", "__iadd__")
+SEL_FLOW = re.compile(r"val(?:id|idation)?_(?:files?|pattern|glob|shards?|paths?|dir|tokens?|data|docs|ids|set|dataset"
+                      r"|ds|stream)|fineweb_val", re.I)
+SEL_FLOW_SINK = re.compile(r"oader\(|tream\(|batches\(|optim\.|Adam|SGD|Muon|Lion")
+MAX_PATH = 12  # steps kept in a reported path
+
+
+@dataclass
+class _Flow:
+    """Which names hold validation data, and the path each value took to get there. Plain names are
+    local to a function; attribute names (`args.val_files`, `self.files`, a config class's fields)
+    are one module-wide namespace, tracked by name whatever object they hang on."""
+
+    functions: frozenset[str]
+    attrs: dict[str, list[str]] = field(default_factory=dict)
+    params: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (function, parameter) -> path
+    hits: dict[int, Hit] = field(default_factory=dict)
+
+
+def val_data_flow(src: Source) -> Iterator[Hit]:
+    """Validation data reaching a training loader or an optimiser, with the path it took:
+    'fineweb_val_*.bin' → val_files → args.val_files → glob → files → DistributedTokenLoader.
+    One module, statements in source order; then once more the functions that were handed
+    validation data, so a function defined before its caller sees its tainted parameters. Followed: assignments (plain, augmented,
+    annotated, tuple targets), attributes by name, f-strings, calls that are not reductions
+    (glob, sorted, os.path.join, ...), `+`, list literals and comprehensions, for-loop and
+    with targets, .append/.extend/.insert, and arguments of the module's own functions into
+    their parameters. Not followed: return values of the module's own functions, other
+    modules, containers indexed by key, aliasing (`b = a; a.append(v)` does not taint b),
+    branches (an assignment in one branch overwrites the other's)."""
+    indices = src.select(SEL_FLOW) | src.select(SEL_FLOW_SINK)
+    units = sorted(src.units(indices), key=lambda u: getattr(u.node, "lineno", 0) or
+                   min((getattr(s, "lineno", 0) for s in getattr(u.node, "body", [])), default=0))
+    flow = _Flow(src.functions)
+    for round_ in range(2):
+        if round_:  # again, only the functions that were handed validation data
+            units = [u for u in units if any(f == u.name for f, _ in flow.params)]
+        for unit in units:
+            params = {}
+            if isinstance(unit.node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                params = {a.arg: path for a in ast.walk(unit.node.args) if isinstance(a, ast.arg)
+                          and (path := flow.params.get((unit.name, a.arg)))}
+            local: dict[str, list[str]] = dict(params)
+            _flow_body(unit.node.body, local, flow, unit, top=not isinstance(unit.node, (ast.FunctionDef,
+                                                                                       ast.AsyncFunctionDef)))
+    yield from flow.hits.values()
+
+
+def _flow_body(body: list[ast.stmt], local: dict[str, list[str]], flow: _Flow, unit: Unit, top: bool) -> None:
+    for stmt in body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue  # nested definitions run later, with their own names
+        for call in (n for n in _walk_in_order(stmt) if isinstance(n, ast.Call)):
+            _flow_call(call, stmt, local, flow, unit)
+        if isinstance(stmt, ast.Assign):
+            path = _taint(stmt.value, local, flow)
+            for target in stmt.targets:
+                _bind(target, path, local, flow, top)
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            _bind(stmt.target, _taint(stmt.value, local, flow), local, flow, top)
+        elif isinstance(stmt, ast.AugAssign):
+            path = _taint(stmt.value, local, flow)
+            if path:
+                _bind(stmt.target, path, local, flow, top)
+        elif isinstance(stmt, (ast.For, ast.AsyncFor)):
+            _bind(stmt.target, _taint(stmt.iter, local, flow), local, flow, top)
+        elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+            for item in stmt.items:
+                if item.optional_vars is not None:
+                    _bind(item.optional_vars, _taint(item.context_expr, local, flow), local, flow, top)
+        for name in ("body", "orelse", "finalbody"):
+            inner = getattr(stmt, name, None)
+            if isinstance(inner, list) and inner and isinstance(inner[0], ast.stmt):
+                _flow_body(inner, local, flow, unit, top)
+        for handler in getattr(stmt, "handlers", []):
+            _flow_body(handler.body, local, flow, unit, top)
+
+
+def _walk_in_order(stmt: ast.stmt) -> Iterator[ast.AST]:
+    """The statement's own expressions (not its nested statements), outermost first."""
+    stack = [c for c in _children(stmt) if not isinstance(c, (ast.stmt, ast.excepthandler))][::-1]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Lambda, ast.Constant, ast.Name)):
+            continue
+        yield node
+        stack.extend(list(_children(node))[::-1])
+
+
+def _bind(target: ast.AST, path: list[str] | None, local: dict[str, list[str]], flow: _Flow, top: bool) -> None:
+    """Bind (or, with path None, clear) every name a target assigns."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        for elt in target.elts:
+            _bind(elt, path, local, flow, top)
+        return
+    if isinstance(target, ast.Starred):
+        return _bind(target.value, path, local, flow, top)
+    if isinstance(target, ast.Subscript):  # x[i] = v taints x, never clears it
+        if path:
+            _bind(target.value, path, local, flow, top)
+        return
+    label = _dotted(target)
+    if isinstance(target, ast.Attribute):
+        space, key = flow.attrs, target.attr
+    elif isinstance(target, ast.Name):
+        space, key = (flow.attrs if top else local), target.id
+    else:
+        return
+    if path:
+        space[key] = _step(path, label)
+    else:
+        space.pop(key, None)
+
+
+def _step(path: list[str], step: str) -> list[str]:
+    if not step or (path and path[-1] == step):
+        return path
+    out = path + [step]
+    return out if len(out) <= MAX_PATH else out[:2] + ["…"] + out[-(MAX_PATH - 3):]
+
+
+def _taint(expr: ast.AST | None, local: dict[str, list[str]], flow: _Flow) -> list[str] | None:
+    """The path by which `expr` carries validation data, or None."""
+    if expr is None:
+        return None
+    if isinstance(expr, ast.Constant):
+        if isinstance(expr.value, str) and "fineweb_val" in expr.value:
+            return [repr(expr.value) if len(expr.value) < 60 else "'…fineweb_val…'"]
+        return None
+    if isinstance(expr, ast.Name):
+        if expr.id in local:
+            return local[expr.id]
+        if expr.id in flow.attrs:
+            return flow.attrs[expr.id]
+        return [expr.id] if VAL_SOURCE.search(expr.id) else None
+    if isinstance(expr, ast.Attribute):
+        if expr.attr in ("shape", "dtype", "device", "ndim"):
+            return None
+        label = _dotted(expr) or expr.attr
+        if expr.attr in flow.attrs:
+            return _step(flow.attrs[expr.attr], label)
+        if VAL_SOURCE.search(expr.attr):
+            return [label]
+        return _taint(expr.value, local, flow) if isinstance(expr.value, ast.Call) else None
+    if isinstance(expr, ast.Call):
+        name = _callee(expr)
+        cast = isinstance(expr.func, ast.Attribute) and name in ("float", "int", "bool", "str")  # tensor.float()
+        if BARRIER.search(name) and not cast or isinstance(expr.func, ast.Name) and name in flow.functions:
+            return None
+        parts = [*expr.args, *(k.value for k in expr.keywords)]
+        if isinstance(expr.func, ast.Attribute):
+            parts.append(expr.func.value)
+        path = next(filter(None, (_taint(p, local, flow) for p in parts)), None)
+        return _step(path, name) if path else None
+    if isinstance(expr, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
+        return next(filter(None, (_taint(g.iter, local, flow) for g in expr.generators)), None) \
+            or _taint(expr.elt, local, flow)
+    if isinstance(expr, ast.Lambda):
+        return None
+    return next(filter(None, (_taint(c, local, flow) for c in _children(expr)
+                              if isinstance(c, ast.expr))), None)
+
+
+def _flow_call(call: ast.Call, stmt: ast.stmt, local: dict[str, list[str]], flow: _Flow, unit: Unit) -> None:
+    """A call moves validation data: into a container (.append), into a parameter of one of the
+    module's functions, or into a training loader or optimiser (a hit)."""
+    name = _callee(call)
+    args = [*call.args, *(k.value for k in call.keywords)]
+    tainted = next(((a, p) for a in args if (p := _taint(a, local, flow))), None)
+    if tainted is None:
+        return
+    path = tainted[1]
+    if isinstance(call.func, ast.Attribute) and name in FLOW_OPS:
+        _bind(call.func.value, _step(path, f"{_dotted(call.func.value) or name}.{name}"), local, flow,
+              top=not isinstance(unit.node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+        return
+    bound = " ".join(sorted(_assigned(stmt))) if isinstance(stmt, ast.Assign) and stmt.value is call else ""
+    if isinstance(call.func, ast.Name) and name in flow.functions:
+        params = _parameters(unit.source, name)
+        into = f"{bound} = " if bound else ""
+        for i, arg in enumerate(call.args):
+            if i < len(params) and (p := _taint(arg, local, flow)):
+                flow.params.setdefault((name, params[i]), _step(p, f"{into}{name}({params[i]})"))
+        for kw in call.keywords:
+            if kw.arg and (p := _taint(kw.value, local, flow)):
+                flow.params.setdefault((name, kw.arg), _step(p, f"{into}{name}({kw.arg})"))
+        return
+    # Training context: the loader, what its result is bound to, the enclosing function, or a
+    # train-named step of the path (`train_files += val_shards`, `train_loader = make(...)`).
+    context = f"{name} {bound} {unit.name} {' '.join(path)}"
+    if re.search(r"val|eval|test", bound, re.I):
+        return
+    if re.search(r"loader|stream|batches", name, re.I) and re.search(r"train", context, re.I):
+        kind = "a training loader"
+    elif OPTIMIZER.search(name) and name[:1].isupper():
+        kind = "an optimiser"
+    else:
+        return
+    flow.hits.setdefault(call.lineno, Hit(
+        "val_in_training", call.lineno, call.col_offset,
+        f"Validation data reaches `{name}()`, {kind}: {' → '.join(_step(path, name))}; validation tokens may "
+        "only be scored, never trained on (README: no training on validation tokens)."))
+
+
+def _parameters(src: Source, name: str) -> list[str]:
+    """Positional parameter names of the module's function `name` (methods' self dropped)."""
+    for unit in src.units(src.select(re.compile(rf"def {re.escape(name)}\s*\("))):
+        if unit.name == name and isinstance(unit.node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return [a.arg for a in [*unit.node.args.posonlyargs, *unit.node.args.args]]
+    return []
+
+
 RULES: tuple[Callable[[Source], Iterator[Hit]], ...] = (
-    val_in_training, prequant_ttt, slot_etlb, ngram_mix, network, hardcoded_bytes_per_token)
+    val_data_flow, val_in_training, prequant_ttt, slot_etlb, ngram_mix, network, hardcoded_bytes_per_token)
 
 
 # ---------------------------------------------------------------------------------------------
