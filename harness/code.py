@@ -38,8 +38,8 @@ _NOT_CODE = {".md", ".json", ".log", ".txt", ".model", ".bin", ".pt", ".ptz", ".
 
 MAX_DEPTH = 8                # references from the entry to the furthest file followed
 MAX_FILES = 200              # files counted
-MAX_SOURCE_BYTES = 8 << 20   # bytes of one Python file (or unpacked code) that are parsed
-MAX_UNPACKED = 16 << 20      # bytes a wrapper may decompress to: guards against decompression bombs
+MAX_SOURCE_BYTES = 2 << 20   # bytes of one Python file, or of what its wrapper unpacks, that are parsed
+                             # (records are under 200 KB; the cap also stops decompression bombs)
 MAX_WRAPPER_DEPTH = 4        # a wrapper that unpacks to another wrapper, and so on
 MAX_NODES = 3_000_000        # syntax nodes walked over the whole folder
 MAX_NAME = 300               # longer string constants are data, not file names
@@ -130,7 +130,7 @@ def read_python(path: Path, rel: str, scan: CodeScan | None = None) -> PySource 
     except OSError as exc:
         return failed(f"cannot be read ({exc.strerror or exc})")
     if len(data) > MAX_SOURCE_BYTES:
-        return failed(f"is over {MAX_SOURCE_BYTES >> 20} MiB")
+        return failed(f"is over {MAX_SOURCE_BYTES >> 20} MiB, too large to read as code")
     text, exec_line = data.decode("utf-8", errors="replace"), None
     for level in range(MAX_WRAPPER_DEPTH + 1):
         unpacked = _unpack(text)
@@ -143,6 +143,8 @@ def read_python(path: Path, rel: str, scan: CodeScan | None = None) -> PySource 
             break
         line, text = unpacked
         exec_line = exec_line or line
+        if len(text) > MAX_SOURCE_BYTES:
+            return failed(f"unpacks to over {MAX_SOURCE_BYTES >> 20} MiB of code, too large to read")
     return PySource(rel, text, exec_line)
 
 
@@ -172,14 +174,14 @@ def _unpack(text: str) -> tuple[int, str] | None:
 
 
 def _decompress(data: bytes) -> bytes | None:
-    """The formats wrappers use (xz, raw LZMA2, zlib/gzip, bz2), each capped at MAX_UNPACKED."""
+    """The formats wrappers use (xz, raw LZMA2, zlib/gzip, bz2); never more than the parse cap and a byte."""
     makers = (lambda: lzma.LZMADecompressor(),
               lambda: lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}]),
               lambda: zlib.decompressobj(47),
               lambda: bz2.BZ2Decompressor())
     for make in makers:
         try:
-            return make().decompress(data, MAX_UNPACKED)
+            return make().decompress(data, MAX_SOURCE_BYTES + 1)
         except (lzma.LZMAError, zlib.error, OSError, ValueError, EOFError, MemoryError):
             continue
     return None

@@ -194,10 +194,13 @@ def test_too_many_files_and_nested_wrappers_are_bounded(tmp_path, rules):
 
 
 def test_decompression_bomb_is_capped(tmp_path, rules):
-    blob = base64.b85encode(lzma.compress(b"#" * (code.MAX_UNPACKED * 2))).decode()
+    blob = base64.b85encode(lzma.compress(b"#" * (code.MAX_SOURCE_BYTES * 4))).decode()  # 8 MiB in ~1 KB
     (tmp_path / "train_gpt.py").write_text(f'import lzma as L,base64 as B\nexec(L.decompress(B.b85decode("{blob}")))\n')
     scan = scan_code(tmp_path, rules)
-    assert len(scan.sources["train_gpt.py"].text) == code.MAX_UNPACKED
+    assert scan.unparsed == {"train_gpt.py": "unpacks to over 2 MiB of code, too large to read"}
+    assert "train_gpt.py" not in scan.sources
+    found = [f for f in folder_findings(tmp_path, scan, rules) if f.code == "files.syntax_error"]
+    assert [f.status for f in found] == [WARN]
 
 
 def test_syntax_node_budget_is_a_finding(tmp_path, rules, monkeypatch):
@@ -206,3 +209,13 @@ def test_syntax_node_budget_is_a_finding(tmp_path, rules, monkeypatch):
     (tmp_path / "helper.py").write_text("")
     scan = scan_code(tmp_path, rules)
     assert "more than 50 syntax nodes" in scan.limits[0]
+
+
+def test_long_path_chains_cost_little_and_deeper_ones_are_a_finding(tmp_path, rules):
+    """`a / b / c ...`: each `/` looks at most 16 levels down; a chain Python cannot parse is reported."""
+    (tmp_path / "kernel.cpp").write_text("int k;\n")
+    (tmp_path / "train_gpt.py").write_text("p = HERE" + ' / "x"' * 900 + ' / "kernel.cpp"\n')
+    scan = scan_code(tmp_path, rules)
+    assert sorted(scan.reasons) == ["kernel.cpp", "train_gpt.py"] and scan.limits == [] and scan.unparsed == {}
+    (tmp_path / "train_gpt.py").write_text("p = HERE" + ' / "x"' * 50_000 + "\n")
+    assert scan_code(tmp_path, rules).unparsed == {"train_gpt.py": "cannot be parsed (RecursionError)"}
