@@ -87,7 +87,8 @@ def scan_code(folder: Path, rules: Rules) -> CodeScan:
     for rel in candidates:
         by_name.setdefault(rel.rsplit("/", 1)[-1], []).append(rel)
     budget = [MAX_NODES]
-    queue, depth, full = [ENTRY], {ENTRY: 0}, False
+    queue, depth = [ENTRY], {ENTRY: 0}
+    too_deep = full = False  # each bound is reported once
     scan.reasons[ENTRY] = "entry script"
     while queue:
         rel = queue.pop(0)
@@ -103,13 +104,15 @@ def scan_code(folder: Path, rules: Rules) -> CodeScan:
             if target in depth:
                 continue
             if depth[rel] + 1 > MAX_DEPTH:
-                scan.limits.append(f"{target} ({reason}) is more than {MAX_DEPTH} references from {ENTRY}; "
-                                   "not followed")
+                if not too_deep:
+                    scan.limits.append(f"{target} ({reason}) is more than {MAX_DEPTH} references from {ENTRY}; "
+                                       "it and any other file that deep are not followed")
+                too_deep = True
                 continue
             if len(depth) >= MAX_FILES:
                 if not full:
                     scan.limits.append(f"more than {MAX_FILES} files are referenced; {target} and later ones "
-                                       "not followed")
+                                       "are not followed")
                 full = True
                 continue
             depth[target] = depth[rel] + 1

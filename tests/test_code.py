@@ -168,7 +168,7 @@ def test_exec_open_subprocess_and_joined_paths_are_followed(tmp_path, rules):
 def test_a_chain_deeper_than_the_bound_is_a_finding(tmp_path, rules):
     for i in range(code.MAX_DEPTH + 3):
         name = "train_gpt.py" if i == 0 else f"m{i}.py"
-        (tmp_path / name).write_text(f"import m{i + 1}\n")
+        (tmp_path / name).write_text(f"import m{i + 1}\n" + (f"import m{i + 2}\n" if i == code.MAX_DEPTH else ""))
     scan = scan_code(tmp_path, rules)
     assert len(scan.counted) == code.MAX_DEPTH + 1
     assert len(scan.limits) == 1 and f"more than {code.MAX_DEPTH} references" in scan.limits[0]

@@ -673,11 +673,10 @@ def _chain_constants(node: ast.AST) -> Iterator[float]:
 # Data flow: validation data followed through assignments to a training loader or an optimiser
 
 
-VAL_SOURCE = re.compile(r"^(?:val|valid|validation)_(?:files?|pattern|glob|shards?|paths?|dir|tokens?|data|docs|ids"
-                        r"|set|dataset|ds|stream)$|^fineweb_val", re.I)
-FLOW_OPS = ("append", "extend", "insert", "add", "update", "__iadd__")
-SEL_FLOW = re.compile(r"val(?:id|idation)?_(?:files?|pattern|glob|shards?|paths?|dir|tokens?|data|docs|ids|set|dataset"
-                      r"|ds|stream)|fineweb_val", re.I)
+_VAL_NAME = r"val(?:id|idation)?_(?:files?|pattern|glob|shards?|paths?|dir|tokens?|data|docs|ids|set|dataset|ds|stream)"
+VAL_SOURCE = re.compile(rf"^{_VAL_NAME}$|^fineweb_val", re.I)  # a name or attribute that holds validation data
+FLOW_OPS = ("append", "extend", "insert", "add", "update")  # container methods that take a value in
+SEL_FLOW = re.compile(rf"{_VAL_NAME}|fineweb_val", re.I)
 SEL_FLOW_SINK = re.compile(r"oader\(|tream\(|batches\(|optim\.|Adam|SGD|Muon|Lion")
 MAX_PATH = 12  # steps kept in a reported path
 
@@ -697,14 +696,18 @@ class _Flow:
 def val_data_flow(src: Source) -> Iterator[Hit]:
     """Validation data reaching a training loader or an optimiser, with the path it took:
     'fineweb_val_*.bin' → val_files → args.val_files → glob → files → DistributedTokenLoader.
+    Sources: a string naming fineweb_val, a val_files/val_tokens-style name or attribute. A
+    loader counts as training when it, the name its result is bound to, the enclosing function
+    or a step of the path says train; one bound to a val/eval name never does.
     One module, statements in source order; then once more the functions that were handed
-    validation data, so a function defined before its caller sees its tainted parameters. Followed: assignments (plain, augmented,
-    annotated, tuple targets), attributes by name, f-strings, calls that are not reductions
-    (glob, sorted, os.path.join, ...), `+`, list literals and comprehensions, for-loop and
-    with targets, .append/.extend/.insert, and arguments of the module's own functions into
-    their parameters. Not followed: return values of the module's own functions, other
-    modules, containers indexed by key, aliasing (`b = a; a.append(v)` does not taint b),
-    branches (an assignment in one branch overwrites the other's)."""
+    validation data, so a function defined before its caller sees its tainted parameters.
+    Followed: assignments (plain, augmented, annotated, tuple targets), attributes by name,
+    f-strings, calls that are not reductions (glob, sorted, os.path.join, .float(), ...), `+`,
+    list literals and comprehensions, for-loop and with targets, .append/.extend/.insert, and
+    arguments of the module's own functions into their parameters. Not followed: return values
+    of the module's own functions, other modules, aliasing (`b = a; a.append(v)` does not taint
+    b), branches (an assignment in one branch overwrites the other's), and code in top-level
+    blocks that name neither validation data nor a loader/optimiser (for speed)."""
     indices = src.select(SEL_FLOW) | src.select(SEL_FLOW_SINK)
     units = sorted(src.units(indices), key=lambda u: getattr(u.node, "lineno", 0) or
                    min((getattr(s, "lineno", 0) for s in getattr(u.node, "body", [])), default=0))
@@ -727,7 +730,7 @@ def _flow_body(body: list[ast.stmt], local: dict[str, list[str]], flow: _Flow, u
     for stmt in body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
             continue  # nested definitions run later, with their own names
-        for call in (n for n in _walk_in_order(stmt) if isinstance(n, ast.Call)):
+        for call in _calls_in_order(stmt):
             _flow_call(call, stmt, local, flow, unit)
         if isinstance(stmt, ast.Assign):
             path = _taint(stmt.value, local, flow)
@@ -753,14 +756,16 @@ def _flow_body(body: list[ast.stmt], local: dict[str, list[str]], flow: _Flow, u
             _flow_body(handler.body, local, flow, unit, top)
 
 
-def _walk_in_order(stmt: ast.stmt) -> Iterator[ast.AST]:
-    """The statement's own expressions (not its nested statements), outermost first."""
+def _calls_in_order(stmt: ast.stmt) -> Iterator[ast.Call]:
+    """Calls in the statement's own expressions (not its nested statements or lambdas), outermost
+    and leftmost first."""
     stack = [c for c in _children(stmt) if not isinstance(c, (ast.stmt, ast.excepthandler))][::-1]
     while stack:
         node = stack.pop()
         if isinstance(node, (ast.Lambda, ast.Constant, ast.Name)):
             continue
-        yield node
+        if isinstance(node, ast.Call):
+            yield node
         stack.extend(list(_children(node))[::-1])
 
 
@@ -843,10 +848,9 @@ def _flow_call(call: ast.Call, stmt: ast.stmt, local: dict[str, list[str]], flow
     module's functions, or into a training loader or optimiser (a hit)."""
     name = _callee(call)
     args = [*call.args, *(k.value for k in call.keywords)]
-    tainted = next(((a, p) for a in args if (p := _taint(a, local, flow))), None)
-    if tainted is None:
+    path = next(filter(None, (_taint(a, local, flow) for a in args)), None)
+    if path is None:
         return
-    path = tainted[1]
     if isinstance(call.func, ast.Attribute) and name in FLOW_OPS:
         _bind(call.func.value, _step(path, f"{_dotted(call.func.value) or name}.{name}"), local, flow,
               top=not isinstance(unit.node, (ast.FunctionDef, ast.AsyncFunctionDef)))
