@@ -270,7 +270,6 @@ class _Refs:
         self.source, self.candidates, self.modules, self.by_name = source, candidates, modules, by_name
         self.rules, self.scan, self.budget = rules, scan, budget
         self.package = source.rel.rsplit("/", 1)[0].replace("/", ".") if "/" in source.rel else ""
-        self.where = "the code its exec wrapper unpacks" if source.exec_line else source.rel
 
     def found(self):
         """(relative path, reason) of each local file referred to, in source order."""
@@ -278,7 +277,8 @@ class _Refs:
         try:
             tree = parse_python(src.text)
         except SyntaxError as exc:
-            self.scan.unparsed[src.rel] = f"does not parse as Python (line {exc.lineno}: {exc.msg})"
+            what = "the code its exec wrapper unpacks does" if src.exec_line else "does"
+            self.scan.unparsed[src.rel] = f"{what} not parse as Python (line {exc.lineno}: {exc.msg})"
             return
         except (ValueError, RecursionError, MemoryError) as exc:
             self.scan.unparsed[src.rel] = f"cannot be parsed ({type(exc).__name__})"

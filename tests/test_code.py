@@ -219,3 +219,11 @@ def test_long_path_chains_cost_little_and_deeper_ones_are_a_finding(tmp_path, ru
     assert sorted(scan.reasons) == ["kernel.cpp", "train_gpt.py"] and scan.limits == [] and scan.unparsed == {}
     (tmp_path / "train_gpt.py").write_text("p = HERE" + ' / "x"' * 50_000 + "\n")
     assert scan_code(tmp_path, rules).unparsed == {"train_gpt.py": "cannot be parsed (RecursionError)"}
+
+
+def test_unpacked_code_that_does_not_parse_says_so(tmp_path, rules):
+    packed = base64.b85encode(lzma.compress(b"x = 1\ndef broken(:\n")).decode()
+    (tmp_path / "train_gpt.py").write_text(f'import lzma as L,base64 as B\nexec(L.decompress(B.b85decode("{packed}")))\n')
+    scan = scan_code(tmp_path, rules)
+    assert scan.unparsed == {"train_gpt.py": "the code its exec wrapper unpacks does not parse as Python "
+                                             "(line 2: invalid syntax)"}
