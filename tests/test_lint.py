@@ -319,3 +319,94 @@ def test_syntax_error_falls_back_to_line_regexes(tmp_path):
 def test_missing_file_is_reported_not_raised(tmp_path):
     findings = lint_files(tmp_path, [tmp_path / "helper.py"])
     assert [(f.code, f.status) for f in findings] == [("lint.unparsed", WARN)]
+
+
+# --- val_in_training by data flow: the path a validation value takes ---------------------------
+
+VAL_THROUGH_CONFIG_AND_GLOB = """
+import glob
+import os
+class Hyperparameters:
+    data_path = os.environ.get("DATA_PATH", "./data/datasets/fineweb10B_sp1024")
+    train_files = os.path.join(data_path, "fineweb_train_*.bin")
+    val_files = os.path.join(data_path, "fineweb_val_*.bin")
+def main():
+    args = Hyperparameters()
+    extra = sorted(glob.glob(args.val_files))
+    files = sorted(glob.glob(args.train_files))
+    files += extra[:2]
+    train_loader = DistributedTokenLoader(files, 0, 1)
+"""
+
+VAL_THROUGH_FSTRING_APPEND_AND_ARGUMENT = """
+import glob
+def make_stream(patterns, rank):
+    return TokenStream(patterns, rank)
+def main(args):
+    shards = []
+    for path in glob.glob(f"{args.data_path}/fineweb_val_*.bin"):
+        shards.append(path)
+    train_stream = make_stream(shards, 0)
+"""
+
+VAL_INTO_OPTIMISER = """
+def fit(val_tokens):
+    delta = val_tokens[:64].float().requires_grad_()
+    opt = torch.optim.Adam([delta], lr=0.1)
+"""
+
+# Look-alikes: the same names and calls, but validation data only goes to evaluation, a val_*
+# variable never reaches training, and a name that held val shards is rebound before the loader.
+VAL_FLOW_LOOKALIKES = """
+import glob
+import os
+class Hyperparameters:
+    data_path = os.environ.get("DATA_PATH", "./data/datasets/fineweb10B_sp1024")
+    train_files = os.path.join(data_path, "fineweb_train_*.bin")
+    val_files = os.path.join(data_path, "fineweb_val_*.bin")
+def make_stream(patterns, rank):
+    return TokenStream(patterns, rank)
+def main():
+    args = Hyperparameters()
+    val_shards = sorted(glob.glob(args.val_files))
+    print(f"{len(val_shards)} validation shards")
+    val_loader = DistributedTokenLoader(args.val_files, 0, 1)
+    eval_stream = make_stream(val_shards, 0)
+    files = sorted(glob.glob(args.val_files))
+    files = sorted(glob.glob(args.train_files))
+    train_loader = DistributedTokenLoader(files, 0, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+"""
+
+
+def flow_messages(findings):
+    return [(f.evidence[0].line, f.message) for f in findings if f.code == "lint.val_in_training"]
+
+
+def test_val_through_config_attribute_glob_and_augmented_list_reaches_the_loader(tmp_path):
+    [(line, message)] = flow_messages(lint(tmp_path, VAL_THROUGH_CONFIG_AND_GLOB))
+    assert line == 12
+    assert "'fineweb_val_*.bin' → join → val_files → args.val_files → glob → sorted → extra → files → " \
+           "DistributedTokenLoader" in message
+
+
+def test_val_through_fstring_append_and_a_function_argument_reaches_the_stream(tmp_path):
+    [(line, message)] = flow_messages(lint(tmp_path, VAL_THROUGH_FSTRING_APPEND_AND_ARGUMENT))
+    assert line == 3
+    assert "glob → path → shards.append → shards → train_stream = make_stream(patterns) → TokenStream" in message
+
+
+def test_val_into_an_optimiser(tmp_path):
+    [(line, message)] = flow_messages(lint(tmp_path, VAL_INTO_OPTIMISER))
+    assert line == 3 and "`Adam()`, an optimiser: val_tokens → float → requires_grad_ → delta → Adam" in message
+
+
+def test_val_flow_lookalikes_are_clean(tmp_path):
+    assert lint(tmp_path, VAL_FLOW_LOOKALIKES) == []
+
+
+def test_val_flow_is_followed_inside_an_exec_wrapper(tmp_path):
+    packed = base64.b85encode(lzma.compress(textwrap.dedent(VAL_THROUGH_CONFIG_AND_GLOB).lstrip("\n").encode()))
+    wrapped = f'import lzma as L,base64 as B\nexec(L.decompress(B.b85decode("{packed.decode()}")))\n'
+    [(line, message)] = flow_messages(lint(tmp_path, wrapped))
+    assert line == 2 and "line 12 of the code this file's exec wrapper unpacks" in message

@@ -59,8 +59,10 @@ def _size(s: SeedEvidence, code: CodeBytes, track: Track, claims: Claims, rules:
         if abs(diff) > tolerance:
             out.append(Finding("size", WARN, "size.code_mismatch",
                                f"{log.name} counted {int(counted.value):,} code bytes; the shipped code counts "
-                               f"{code.total:,} ({code.method}, {diff:+,}): the log comes from other code than "
-                               "the folder ships, or a file is left out of the count",
+                               f"{code.total:,} ({code.method}, {diff:+,}: "
+                               + ", ".join(f"{rel} {n:,}" for rel, n in code.per_file.items())
+                               + "): the log comes from other code than the folder ships, or the run left a file it "
+                               "needs out of the count",
                                _at(log, counted), seed=seed, data={"logged": int(counted.value), "recomputed": code.total}))
     artifact = int(model.value) + code.total
     judged = max(artifact, int(total.value)) if total else artifact
@@ -212,9 +214,12 @@ def _hardware(s: SeedEvidence, track: Track) -> list[Finding]:
     if not out and world is not None:
         out.append(Finding("hardware", PASS, "hardware.matches_track",
                            f"seed {seed}: world_size {world.value}"
-                           + (f", {len(log.gpus)}× {want['gpu_name']}" if log.gpus
-                              else f"; cannot find the GPU model in {log.name} (no nvidia-smi table)"),
+                           + (f", {len(log.gpus)}× {want['gpu_name']}" if log.gpus else ""),
                            _at(log, world), seed=seed))
+    if not log.gpus:
+        out.append(Finding("hardware", INFO, "hardware.no_gpu_model",
+                           f"seed {seed}: cannot find the GPU model in {log.name} (no nvidia-smi table)",
+                           (Evidence(log.name),), seed=seed))
     return out
 
 

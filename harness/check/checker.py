@@ -18,7 +18,7 @@ from harness.findings import FAIL, INFO, WARN, Evidence, Finding
 from harness.client import CLIENT_FILE
 from harness.check.evidence import read_folder, usable_folder
 from harness.check.folder import folder_findings
-from harness.check.lint import lint_files
+from harness.check.lint import lint_sources
 from harness.logs import tokenizer_of
 from harness.rules import Rules
 from harness.check.significance import resolve_frontier, significance_findings
@@ -35,7 +35,7 @@ def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name
     claimed, logs, matched, track = ev.claims, ev.logs, ev.matched, rules.tracks[ev.track]
     scan = scan_code(folder, rules)
 
-    findings += folder_findings(folder, scan, rules)
+    findings += folder_findings(folder, scan, rules, profile)
     findings += [ev.track_note] if ev.track_note else []
     findings += ev.json_problems
     if ev.data is not None:
@@ -58,7 +58,7 @@ def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name
 
     frontier, source = resolve_frontier(against, rules)
     findings += significance_findings(ev.scores, frontier, source, tokenizer, track, rules)
-    findings += lint_files(folder, [p for p in scan.counted if p.suffix == ".py" and p.is_file() and not _is_client(p)])
+    findings += lint_sources([s for s in scan.sources.values() if not _is_client(folder / s.rel)])
 
     seeds = {s.seed: _seed_summary(s) for s in matched}
     return Verdict(str(folder), ev.track, profile, findings, seeds)

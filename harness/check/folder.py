@@ -49,7 +49,8 @@ def log_files(folder: Path) -> list[Path]:
     return out
 
 
-def folder_findings(folder: Path, scan: CodeScan, rules: Rules) -> list[Finding]:
+def folder_findings(folder: Path, scan: CodeScan, rules: Rules, profile: str = "strict") -> list[Finding]:
+    """The folder's layout, and what the code model found wrong with the code it follows."""
     out: list[Finding] = []
     here = (Evidence("."),)
     name = FOLDER_NAME.match(folder.name)
@@ -85,11 +86,17 @@ def folder_findings(folder: Path, scan: CodeScan, rules: Rules) -> list[Finding]
     for rel, why in scan.unparsed.items():
         out.append(Finding("files", WARN, "files.syntax_error",
                            f"{rel} {why}; its imports cannot be followed", (Evidence(rel),)))
+    for limit in scan.limits:
+        out.append(Finding("files", WARN, "files.code_model_limit",
+                           f"the code is too large or too deep to follow in full: {limit}", (Evidence(ENTRY),)))
     if scan.third_party and not (folder / "requirements.txt").is_file():
-        listed = ", ".join(f"{m} (line {line})" for m, line in sorted(scan.third_party.items()))
-        out.append(Finding("files", FAIL, "files.requirements_missing",
-                           f"{ENTRY} imports packages the challenge does not install ({listed}) "
-                           "but the folder has no requirements.txt", (Evidence(ENTRY, min(scan.third_party.values())),)))
+        listed = ", ".join(f"{m} ({rel}:{line})" if rel != ENTRY else f"{m} (line {line})"
+                           for m, (rel, line) in sorted(scan.third_party.items()))
+        first_rel, first_line = min(scan.third_party.values(), key=lambda at: (at[0] != ENTRY, at))
+        historic = " (accepted without one in the challenge's history)" if profile == "historic" else ""
+        out.append(Finding("files", rules.requirements_missing(profile), "files.requirements_missing",
+                           f"the code imports packages the challenge does not install ({listed}) "
+                           f"but the folder has no requirements.txt{historic}", (Evidence(first_rel, first_line),)))
     if not any(f.status == FAIL for f in out):
         out.append(Finding("files", PASS, "files.layout", "folder name and required files are in order", here))
     return out

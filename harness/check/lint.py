@@ -6,27 +6,24 @@ the pattern is unambiguous (a SLOT/ETLB switch that is on by default). Code is r
 Speed matters (a 150 KB script must lint in well under 100 ms), so a file is cut at its
 column-0 `def`/`class` lines into blocks and only the blocks a rule's cheap regex selects are
 parsed. Blocks that will not parse (syntax errors; Python 3.12 f-strings on an older interpreter
-even after blanking them) fall back to line regexes. Self-extracting wrappers,
-`exec(lzma.decompress(base64.b85decode("...")))`, are unpacked and the code they run is linted.
+even after blanking them) fall back to line regexes. The code linted is harness.code's model of the
+folder: self-extracting wrappers are linted as the code they unpack, and every shipped file the
+entry reaches is linted.
 """
 from __future__ import annotations
 
 import ast
-import base64
 import bisect
-import bz2
-import lzma
 import pathlib
 import re
-import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Iterator, NamedTuple
 
+from harness.code import PySource, parse_python, read_python
 from harness.findings import FAIL, WARN, Evidence, Finding
 
 MAX_TEXT = 160
-MAX_UNPACKED = 16 << 20  # bytes a wrapper may decompress to: guards against decompression bombs
 
 _DATA = r"(?:tokens?|data|files?|shards?|loader|stream|docs|ids|u64|set|dataset|ds)"
 VAL_DATA = re.compile(rf"^(?:val|valid|validation)_{_DATA}$|val_tokens|^fineweb_val")  # data, not val_loss/val_bpb
@@ -46,13 +43,12 @@ OPTIMIZER = re.compile(r"adam|sgd|lbfgs|rmsprop|lion|muon|optim", re.I)
 SCORE_ACC = re.compile(r"loss|nll|bpb|bits|score", re.I)
 NO_GRAD = re.compile(r"no_grad|inference_mode")
 
-WRAPPER = re.compile(r"^exec\(\s*(?:\w+\.)*decompress\(", re.M)  # a statement, not the text a script writes
 BLOCK_HEAD = re.compile(r"^(?:@|def |async def |class )", re.M)
 # Block selection: which blocks a rule parses. re is several times faster on patterns that do
 # not start with a character class or an anchor, hence the odd spellings.
 SEL_VAL = re.compile(rf"val(?:id|idation)?_{_DATA}\b|fineweb_val")
 SEL_TRAIN = re.compile(r"train_(?:tokens?|data|files?|shards?|loader|stream|ds|dataset|batch)|fineweb_train")
-SEL_SINK = re.compile(r"oader\(|tream\(|batches\(|essian|gptq|GPTQ|calib|save\(|serializ|compress")
+SEL_SINK = re.compile(r"essian|gptq|GPTQ|calib|save\(|serializ|compress")
 SEL_JOIN = re.compile(r"cat\(|concatenate\(|stack\(|chain\(")
 SEL_GRAD = re.compile(r"\.backward\s*\(|autograd\.grad\s*\(")
 SEL_REQUIRES_GRAD = re.compile(r"requires_grad|Parameter\(")
@@ -172,7 +168,7 @@ class Block:
     def parsed(self) -> list[Unit] | SyntaxError:
         """The block's units (line numbers as in the file, by padding with newlines), or the error."""
         try:
-            tree = _parse("\n" * (self.first_line - 1) + self.text)
+            tree = parse_python("\n" * (self.first_line - 1) + self.text)
         except (SyntaxError, RecursionError, MemoryError) as err:
             if isinstance(err, SyntaxError):
                 return err
@@ -252,72 +248,6 @@ class Source:
         return frozenset(re.findall(r"^(?:async )?def (\w+)", self.text, re.M))
 
 
-def _parse(text: str) -> ast.Module:
-    """ast.parse, retrying with f-string bodies blanked: records written for Python 3.12 nest
-    same-kind quotes inside f-strings (PEP 701), which older parsers reject."""
-    if "\0" in text:
-        raise SyntaxError("source contains NUL bytes (binary file?)", ("", 1, 0, ""))
-    try:
-        return ast.parse(text)
-    except SyntaxError as err:
-        masked = _mask_fstrings(text)
-        if masked == text:
-            raise
-        try:
-            return ast.parse(masked)
-        except SyntaxError:
-            raise err from None
-
-
-_STRING_START = re.compile(r"""#|(?<![\w])([rRbBuUfF]{0,2})('''|\"\"\"|'|")""")
-
-
-def _mask_fstrings(text: str) -> str:
-    """Replace every f-string's body with spaces (newlines kept), leaving other code intact."""
-    pieces, pos, copied = [], 0, 0
-    while m := _STRING_START.search(text, pos):
-        if m.group() == "#":
-            newline = text.find("\n", m.end())
-            pos = newline if newline >= 0 else len(text)
-            continue
-        body_end, pos = _string_end(text, m.end(), m.group(2), "f" in m.group(1).lower())
-        if "f" in m.group(1).lower():
-            pieces += [text[copied:m.end()], re.sub(r"[^\n]", " ", text[m.end():body_end])]
-            copied = body_end
-    return "".join(pieces) + text[copied:]
-
-
-def _string_end(text: str, i: int, quote: str, fmt: bool) -> tuple[int, int]:
-    """(end of body, index past the closing quote) of the literal whose body starts at `i`."""
-    n = len(text)
-    while i < n:
-        if text[i] == "\\":
-            i += 2
-        elif text.startswith(quote, i):
-            return i, i + len(quote)
-        elif fmt and text.startswith("{{", i):
-            i += 2
-        elif fmt and text[i] == "{":
-            i = _field_end(text, i + 1)
-        else:
-            i += 1
-    return n, n
-
-
-def _field_end(text: str, i: int) -> int:
-    """Index past the `}` closing an f-string replacement field that starts at `i`; the field
-    may hold strings quoted like the f-string itself (PEP 701)."""
-    depth, n = 1, len(text)
-    while i < n and depth:
-        m = _STRING_START.match(text, i)
-        if m and m.group(2):
-            i = _string_end(text, m.end(), m.group(2), "f" in m.group(1).lower())[1]
-            continue
-        depth += (text[i] in "{[(") - (text[i] in "}])")
-        i += 1
-    return i
-
-
 def _units(body: list[ast.stmt]) -> Iterator[ast.AST]:
     """Functions and methods, then the remaining statements as one pseudo-function."""
     rest = []
@@ -330,45 +260,6 @@ def _units(body: list[ast.stmt]) -> Iterator[ast.AST]:
             rest.append(stmt)
     if rest:
         yield ast.Module(body=rest, type_ignores=[])
-
-
-def _unpack(text: str) -> tuple[int, str] | None:
-    """(exec line, code) of an `exec(<decompress>(<b85/b64 decode>("...")))` wrapper."""
-    if len(text) > 1 << 20 or not WRAPPER.search(text):
-        return None
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError):
-        return None
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and _callee(node) == "exec" and node.args:
-            inner = list(ast.walk(node.args[0]))
-            blob = next((c.value for c in inner if isinstance(c, ast.Constant) and isinstance(c.value, (str, bytes))
-                         and len(c.value) > 64), None)
-            decode = next((getattr(base64, _callee(c)) for c in inner if isinstance(c, ast.Call)
-                           and _callee(c) in ("b85decode", "b64decode", "a85decode")), None)
-            if blob is not None and decode is not None:
-                try:
-                    code = _decompress(decode(blob))
-                except ValueError:
-                    continue
-                if code is not None:
-                    return node.lineno, code.decode("utf-8", errors="replace")
-    return None
-
-
-def _decompress(data: bytes) -> bytes | None:
-    """The formats wrappers use (xz, raw LZMA2, zlib/gzip, bz2), each capped at MAX_UNPACKED."""
-    makers = (lambda: lzma.LZMADecompressor(),
-              lambda: lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}]),
-              lambda: zlib.decompressobj(47),
-              lambda: bz2.BZ2Decompressor())
-    for make in makers:
-        try:
-            return make().decompress(data, MAX_UNPACKED)
-        except (lzma.LZMAError, zlib.error, OSError, ValueError, EOFError):
-            continue
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,7 +423,8 @@ def _truthy(text: str | None, aliases: dict[str, str]) -> bool | None:
 def val_in_training(src: Source) -> Iterator[Hit]:
     """Validation data reaching a training input: a `train_*` name bound to val data (a line
     regex, which also covers Hyperparameters classes and keyword arguments), or a val-carrying
-    call to a training sink (_val_sink). Gradient steps on val are prequant_ttt's business."""
+    call to GPTQ calibration, an artifact writer or a join with training data (_val_sink). Paths
+    into a training loader or optimiser are val_data_flow's; gradient steps on val prequant_ttt's."""
     for line, col, _ in src.matches(TRAIN_BOUND_TO_VAL):
         yield Hit("val_in_training", line, col, "A training input (`train_*`) is bound to validation data; training "
                   "may read only fineweb_train_* (README: no training on validation tokens).")
@@ -542,17 +434,16 @@ def val_in_training(src: Source) -> Iterator[Hit]:
                 yield hit
 
 
-SINKS = (("a training loader", re.compile(r"loader|stream|batches", re.I), re.compile(r"train", re.I)),
-         ("GPTQ/Hessian calibration", re.compile(r"hessian|gptq|quant\w*calib|calib\w*quant", re.I), None),
-         ("an artifact writer", re.compile(r"^save$|serializ|compress", re.I), None))
+SINKS = (("GPTQ/Hessian calibration", re.compile(r"hessian|gptq|quant\w*calib|calib\w*quant", re.I)),
+         ("an artifact writer", re.compile(r"^save$|serializ|compress", re.I)))
 
 
 def _val_sink(call: ast.Call, unit: Unit) -> Hit | None:
     """A call that joins val with training data, or hands val data (by name or assignment flow)
-    to a loader whose callee or result is train-named, to GPTQ/Hessian calibration, or to an
-    artifact writer ("paid prefix"). `val_loader = Loader(val_files)` and eval calls stay silent."""
+    to GPTQ/Hessian calibration or to an artifact writer ("paid prefix"). Training loaders and
+    optimisers are val_data_flow's, which follows assignments in order. Eval calls stay silent."""
     name = _callee(call)
-    if not (name in JOIN or any(rx.search(name) for _, rx, _ in SINKS)):
+    if not (name in JOIN or any(rx.search(name) for _, rx in SINKS)):
         return None
     read = set().union(*(unit.reads(a) for a in [*call.args, *(k.value for k in call.keywords)]))
     if not read & unit.val:
@@ -562,9 +453,8 @@ def _val_sink(call: ast.Call, unit: Unit) -> Hit | None:
                    "so validation tokens enter training (README: no training on validation tokens).") \
             if any(TRAIN_DATA.search(n) for n in read) else None
     bound = " ".join(unit.bound.get(call, ()))
-    for kind, callee_rx, context_rx in SINKS:
-        if callee_rx.search(name) and not re.search(r"val", bound, re.I) and \
-                (context_rx is None or context_rx.search(f"{name} {bound}")):
+    for kind, callee_rx in SINKS:
+        if callee_rx.search(name) and not re.search(r"val", bound, re.I):
             return Hit("val_in_training", call.lineno, call.col_offset,
                        f"Validation data is passed to `{name}()`, {kind}; validation tokens may only be scored, "
                        "never trained on, calibrated on or stored (README; issue #1017 C1).")
@@ -779,8 +669,230 @@ def _chain_constants(node: ast.AST) -> Iterator[float]:
         yield from _chain_constants(node.right)
 
 
+# ---------------------------------------------------------------------------------------------
+# Data flow: validation data followed through assignments to a training loader or an optimiser
+
+
+_VAL_NAME = r"val(?:id|idation)?_(?:files?|pattern|glob|shards?|paths?|dir|tokens?|data|docs|ids|set|dataset|ds|stream)"
+VAL_SOURCE = re.compile(rf"^{_VAL_NAME}$|^fineweb_val", re.I)  # a name or attribute that holds validation data
+FLOW_OPS = ("append", "extend", "insert", "add", "update")  # container methods that take a value in
+SEL_FLOW = re.compile(rf"{_VAL_NAME}|fineweb_val", re.I)
+SEL_FLOW_SINK = re.compile(r"oader\(|tream\(|batches\(|optim\.|Adam|SGD|Muon|Lion")
+MAX_PATH = 12  # steps kept in a reported path
+
+
+@dataclass
+class _Flow:
+    """Which names hold validation data, and the path each value took to get there. Plain names are
+    local to a function; attribute names (`args.val_files`, `self.files`, a config class's fields)
+    are one module-wide namespace, tracked by name whatever object they hang on."""
+
+    functions: frozenset[str]
+    attrs: dict[str, list[str]] = field(default_factory=dict)
+    params: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (function, parameter) -> path
+    hits: dict[int, Hit] = field(default_factory=dict)
+
+
+def val_data_flow(src: Source) -> Iterator[Hit]:
+    """Validation data reaching a training loader or an optimiser, with the path it took:
+    'fineweb_val_*.bin' → val_files → args.val_files → glob → files → DistributedTokenLoader.
+    Sources: a string naming fineweb_val, a val_files/val_tokens-style name or attribute. A
+    loader counts as training when it, the name its result is bound to, the enclosing function
+    or a step of the path says train; one bound to a val/eval name never does.
+    One module, statements in source order; then once more the functions that were handed
+    validation data, so a function defined before its caller sees its tainted parameters.
+    Followed: assignments (plain, augmented, annotated, tuple targets), attributes by name,
+    f-strings, calls that are not reductions (glob, sorted, os.path.join, .float(), ...), `+`,
+    list literals and comprehensions, for-loop and with targets, .append/.extend/.insert, and
+    arguments of the module's own functions into their parameters. Not followed: return values
+    of the module's own functions, other modules, aliasing (`b = a; a.append(v)` does not taint
+    b), branches (an assignment in one branch overwrites the other's), and code in top-level
+    blocks that name neither validation data nor a loader/optimiser (for speed)."""
+    indices = src.select(SEL_FLOW) | src.select(SEL_FLOW_SINK)
+    units = sorted(src.units(indices), key=lambda u: getattr(u.node, "lineno", 0) or
+                   min((getattr(s, "lineno", 0) for s in getattr(u.node, "body", [])), default=0))
+    flow = _Flow(src.functions)
+    for round_ in range(2):
+        if round_:  # again, only the functions that were handed validation data
+            units = [u for u in units if any(f == u.name for f, _ in flow.params)]
+        for unit in units:
+            params = {}
+            if isinstance(unit.node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                params = {a.arg: path for a in ast.walk(unit.node.args) if isinstance(a, ast.arg)
+                          and (path := flow.params.get((unit.name, a.arg)))}
+            local: dict[str, list[str]] = dict(params)
+            _flow_body(unit.node.body, local, flow, unit, top=not isinstance(unit.node, (ast.FunctionDef,
+                                                                                       ast.AsyncFunctionDef)))
+    yield from flow.hits.values()
+
+
+def _flow_body(body: list[ast.stmt], local: dict[str, list[str]], flow: _Flow, unit: Unit, top: bool) -> None:
+    for stmt in body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue  # nested definitions run later, with their own names
+        for call in _calls_in_order(stmt):
+            _flow_call(call, stmt, local, flow, unit)
+        if isinstance(stmt, ast.Assign):
+            path = _taint(stmt.value, local, flow)
+            for target in stmt.targets:
+                _bind(target, path, local, flow, top)
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            _bind(stmt.target, _taint(stmt.value, local, flow), local, flow, top)
+        elif isinstance(stmt, ast.AugAssign):
+            path = _taint(stmt.value, local, flow)
+            if path:
+                _bind(stmt.target, path, local, flow, top)
+        elif isinstance(stmt, (ast.For, ast.AsyncFor)):
+            _bind(stmt.target, _taint(stmt.iter, local, flow), local, flow, top)
+        elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+            for item in stmt.items:
+                if item.optional_vars is not None:
+                    _bind(item.optional_vars, _taint(item.context_expr, local, flow), local, flow, top)
+        for name in ("body", "orelse", "finalbody"):
+            inner = getattr(stmt, name, None)
+            if isinstance(inner, list) and inner and isinstance(inner[0], ast.stmt):
+                _flow_body(inner, local, flow, unit, top)
+        for handler in getattr(stmt, "handlers", []):
+            _flow_body(handler.body, local, flow, unit, top)
+
+
+def _calls_in_order(stmt: ast.stmt) -> Iterator[ast.Call]:
+    """Calls in the statement's own expressions (not its nested statements or lambdas), outermost
+    and leftmost first."""
+    stack = [c for c in _children(stmt) if not isinstance(c, (ast.stmt, ast.excepthandler))][::-1]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Lambda, ast.Constant, ast.Name)):
+            continue
+        if isinstance(node, ast.Call):
+            yield node
+        stack.extend(list(_children(node))[::-1])
+
+
+def _bind(target: ast.AST, path: list[str] | None, local: dict[str, list[str]], flow: _Flow, top: bool) -> None:
+    """Bind (or, with path None, clear) every name a target assigns."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        for elt in target.elts:
+            _bind(elt, path, local, flow, top)
+        return
+    if isinstance(target, ast.Starred):
+        return _bind(target.value, path, local, flow, top)
+    if isinstance(target, ast.Subscript):  # x[i] = v taints x, never clears it
+        if path:
+            _bind(target.value, path, local, flow, top)
+        return
+    label = _dotted(target)
+    if isinstance(target, ast.Attribute):
+        space, key = flow.attrs, target.attr
+    elif isinstance(target, ast.Name):
+        space, key = (flow.attrs if top else local), target.id
+    else:
+        return
+    if path:
+        space[key] = _step(path, label)
+    else:
+        space.pop(key, None)
+
+
+def _step(path: list[str], step: str) -> list[str]:
+    if not step or (path and path[-1] == step):
+        return path
+    out = path + [step]
+    return out if len(out) <= MAX_PATH else out[:2] + ["…"] + out[-(MAX_PATH - 3):]
+
+
+def _taint(expr: ast.AST | None, local: dict[str, list[str]], flow: _Flow) -> list[str] | None:
+    """The path by which `expr` carries validation data, or None."""
+    if expr is None:
+        return None
+    if isinstance(expr, ast.Constant):
+        if isinstance(expr.value, str) and "fineweb_val" in expr.value:
+            return [repr(expr.value) if len(expr.value) < 60 else "'…fineweb_val…'"]
+        return None
+    if isinstance(expr, ast.Name):
+        if expr.id in local:
+            return local[expr.id]
+        if expr.id in flow.attrs:
+            return flow.attrs[expr.id]
+        return [expr.id] if VAL_SOURCE.search(expr.id) else None
+    if isinstance(expr, ast.Attribute):
+        if expr.attr in ("shape", "dtype", "device", "ndim"):
+            return None
+        label = _dotted(expr) or expr.attr
+        if expr.attr in flow.attrs:
+            return _step(flow.attrs[expr.attr], label)
+        if VAL_SOURCE.search(expr.attr):
+            return [label]
+        return _taint(expr.value, local, flow) if isinstance(expr.value, ast.Call) else None
+    if isinstance(expr, ast.Call):
+        name = _callee(expr)
+        cast = isinstance(expr.func, ast.Attribute) and name in ("float", "int", "bool", "str")  # tensor.float()
+        if BARRIER.search(name) and not cast or isinstance(expr.func, ast.Name) and name in flow.functions:
+            return None
+        parts = [*expr.args, *(k.value for k in expr.keywords)]
+        if isinstance(expr.func, ast.Attribute):
+            parts.append(expr.func.value)
+        path = next(filter(None, (_taint(p, local, flow) for p in parts)), None)
+        return _step(path, name) if path else None
+    if isinstance(expr, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
+        return next(filter(None, (_taint(g.iter, local, flow) for g in expr.generators)), None) \
+            or _taint(expr.elt, local, flow)
+    if isinstance(expr, ast.Lambda):
+        return None
+    return next(filter(None, (_taint(c, local, flow) for c in _children(expr)
+                              if isinstance(c, ast.expr))), None)
+
+
+def _flow_call(call: ast.Call, stmt: ast.stmt, local: dict[str, list[str]], flow: _Flow, unit: Unit) -> None:
+    """A call moves validation data: into a container (.append), into a parameter of one of the
+    module's functions, or into a training loader or optimiser (a hit)."""
+    name = _callee(call)
+    args = [*call.args, *(k.value for k in call.keywords)]
+    path = next(filter(None, (_taint(a, local, flow) for a in args)), None)
+    if path is None:
+        return
+    if isinstance(call.func, ast.Attribute) and name in FLOW_OPS:
+        _bind(call.func.value, _step(path, f"{_dotted(call.func.value) or name}.{name}"), local, flow,
+              top=not isinstance(unit.node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+        return
+    bound = " ".join(sorted(_assigned(stmt))) if isinstance(stmt, ast.Assign) and stmt.value is call else ""
+    if isinstance(call.func, ast.Name) and name in flow.functions:
+        params = _parameters(unit.source, name)
+        into = f"{bound} = " if bound else ""
+        for i, arg in enumerate(call.args):
+            if i < len(params) and (p := _taint(arg, local, flow)):
+                flow.params.setdefault((name, params[i]), _step(p, f"{into}{name}({params[i]})"))
+        for kw in call.keywords:
+            if kw.arg and (p := _taint(kw.value, local, flow)):
+                flow.params.setdefault((name, kw.arg), _step(p, f"{into}{name}({kw.arg})"))
+        return
+    # Training context: the loader, what its result is bound to, the enclosing function, or a
+    # train-named step of the path (`train_files += val_shards`, `train_loader = make(...)`).
+    context = f"{name} {bound} {unit.name} {' '.join(path)}"
+    if re.search(r"val|eval|test", bound, re.I):
+        return
+    if re.search(r"loader|stream|batches", name, re.I) and re.search(r"train", context, re.I):
+        kind = "a training loader"
+    elif OPTIMIZER.search(name) and name[:1].isupper():
+        kind = "an optimiser"
+    else:
+        return
+    flow.hits.setdefault(call.lineno, Hit(
+        "val_in_training", call.lineno, call.col_offset,
+        f"Validation data reaches `{name}()`, {kind}: {' → '.join(_step(path, name))}; validation tokens may "
+        "only be scored, never trained on (README: no training on validation tokens)."))
+
+
+def _parameters(src: Source, name: str) -> list[str]:
+    """Positional parameter names of the module's function `name` (methods' self dropped)."""
+    for unit in src.units(src.select(re.compile(rf"def {re.escape(name)}\s*\("))):
+        if unit.name == name and isinstance(unit.node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return [a.arg for a in [*unit.node.args.posonlyargs, *unit.node.args.args]]
+    return []
+
+
 RULES: tuple[Callable[[Source], Iterator[Hit]], ...] = (
-    val_in_training, prequant_ttt, slot_etlb, ngram_mix, network, hardcoded_bytes_per_token)
+    val_data_flow, val_in_training, prequant_ttt, slot_etlb, ngram_mix, network, hardcoded_bytes_per_token)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -788,18 +900,30 @@ RULES: tuple[Callable[[Source], Iterator[Hit]], ...] = (
 
 
 def lint_files(folder: pathlib.Path, code_files: list[pathlib.Path]) -> list[Finding]:
-    """Lint each code file. Never raises: a file that cannot be read or analysed becomes a
-    lint.unparsed WARN rather than taking the harness down."""
-    findings: list[Finding] = []
+    """Lint each code file as it runs (an exec wrapper's unpacked code); a file that cannot be
+    read is one lint.unparsed WARN."""
+    sources, findings = [], []
     for path in code_files:
         rel = _relative(folder, path)
+        source = read_python(pathlib.Path(path), rel)
+        if source is None:
+            findings.append(Finding("lint", WARN, "lint.unparsed", f"{rel} could not be read.", (Evidence(rel),)))
+        else:
+            sources.append(source)
+    return findings + lint_sources(sources)
+
+
+def lint_sources(sources: list[PySource]) -> list[Finding]:
+    """Lint the code model's Python sources. Never raises: a source that cannot be analysed
+    becomes a lint.unparsed WARN rather than taking the harness down."""
+    findings: list[Finding] = []
+    for source in sources:
         try:
-            text = pathlib.Path(path).read_bytes().decode("utf-8", errors="replace")
-            unpacked = _unpack(text)
-            findings += lint_source(Source(rel, unpacked[1], unpacked[0]) if unpacked else Source(rel, text))
+            findings += lint_source(Source(source.rel, source.text, source.exec_line))
         except Exception as err:  # noqa: BLE001 -- the one place a linter bug must not escape
             findings.append(Finding("lint", WARN, "lint.unparsed",
-                                    f"{rel} could not be linted ({type(err).__name__}: {err}).", (Evidence(rel),)))
+                                    f"{source.rel} could not be linted ({type(err).__name__}: {err}).",
+                                    (Evidence(source.rel),)))
     return findings
 
 

@@ -74,6 +74,10 @@ class Rules:
     def policies(self) -> dict[str, dict[str, Any]]:
         return self.raw["significance"]["policies"]
 
+    def requirements_missing(self, profile: str) -> str:
+        """How a missing requirements.txt is judged under a --profile (fail or warn)."""
+        return self.raw["requirements_missing"][profile]
+
     @property
     def tokenizers(self) -> dict[str, dict[str, Any]]:
         return self.raw["tokenizers"]
