@@ -47,12 +47,16 @@ def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name
                              else "logs.problem", f"{log.name}: {problem}", (Evidence(log.name),))
                      for problem in log.problems]
     findings += ev.seed_findings
-    findings += claims_mod.headline_findings(claimed, matched, rules)
+    findings += claims_mod.headline_findings(claimed, matched, rules, ev.runs)
 
     tokenizer, _ = tokenizer_of([s.log for s in matched] or logs, rules)
     code_bytes = cache(lambda compressed: counted_bytes(folder, scan, compressed, rules))
+    reruns = {r.seed: r for r in ev.runs if r.role == claims_mod.RERUN}
     for s in matched:
-        findings += budgets.seed_budgets(s, code_bytes, track, rules, claims=claimed, tokenizer=tokenizer)
+        findings += budgets.seed_budgets(s, code_bytes, track, rules, claims=claimed, tokenizer=tokenizer,
+                                         rerun=reruns.get(s.seed))
+    for r in ev.runs:  # every run the folder shows is the submitted code: each must fit
+        findings += budgets.run_budgets(r, code_bytes, track, rules)
     if not track.record and track.unlimited_compute_must_say_so:
         findings += _unlimited_disclosed(folder, matched, rules)
 
