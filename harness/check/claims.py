@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,7 +243,7 @@ def _score_for(seed: int, log: LogEvidence, claim: Claim | None, rules: Rules,
 
 
 def headline_findings(claims: Claims, matched: list[SeedEvidence], rules: Rules,
-                      runs: list[SeedEvidence] = ()) -> list[Finding]:
+                      runs: Sequence[SeedEvidence] = ()) -> list[Finding]:
     """The headline must be the mean of the per-seed scores, and the spread their std. A folder whose
     JSON names no seed and whose one scored log names none either is judged on that log's score."""
     scores = [s.score.val_bpb for s in matched if s.score is not None]
