@@ -225,24 +225,24 @@ def _hardware(s: SeedEvidence, track: Track) -> list[Finding]:
                            f"cannot find world_size in {log.name}", (Evidence(log.name),), seed=seed))
     elif int(world.value) != want["gpus"]:
         out.append(Finding("hardware", FAIL, "hardware.world_size",
-                           f"{s.run}: world_size {world.value}; the {track.name} track runs on "
+                           f"seed {seed}: world_size {world.value}; the {track.name} track runs on "
                            f"{want['gpus']} GPUs", _at(log, world), seed=seed))
     if accum is not None and int(accum.value) != want["grad_accum_steps"]:
         out.append(Finding("hardware", FAIL, "hardware.grad_accum",
-                           f"{s.run}: grad_accum_steps {accum.value}; a {want['gpus']}-GPU record run uses "
+                           f"seed {seed}: grad_accum_steps {accum.value}; a {want['gpus']}-GPU record run uses "
                            f"{want['grad_accum_steps']}", _at(log, accum), seed=seed))
     other = [g for g in log.gpus if g.value != want["gpu_name"]]
     if other:
         out.append(Finding("hardware", FAIL, "hardware.gpu_model",
-                           f"{s.run}: the run's GPUs are '{other[0].value}', not '{want['gpu_name']}' (SXM)",
+                           f"seed {seed}: the run's GPUs are '{other[0].value}', not '{want['gpu_name']}' (SXM)",
                            _at(log, other[0]), seed=seed))
     elif log.gpus and len(log.gpus) != want["gpus"]:
         out.append(Finding("hardware", FAIL, "hardware.gpu_count",
-                           f"{s.run}: nvidia-smi lists {len(log.gpus)} GPUs, expected {want['gpus']}",
+                           f"seed {seed}: nvidia-smi lists {len(log.gpus)} GPUs, expected {want['gpus']}",
                            _at(log, log.gpus[0]), seed=seed))
     if not out and world is not None:
         out.append(Finding("hardware", PASS, "hardware.matches_track",
-                           f"{s.run}: world_size {world.value}"
+                           f"seed {seed}: world_size {world.value}"
                            + (f", {len(log.gpus)}× {want['gpu_name']}" if log.gpus
                               else f"; cannot find the GPU model in {log.name} (no nvidia-smi table)"),
                            _at(log, world), seed=seed))
@@ -257,6 +257,6 @@ def _data(s: SeedEvidence, tokenizer: str | None, rules: Rules) -> list[Finding]
     want = rules.tokenizers[tokenizer]["val_tokens"]
     if int(tokens.value) != want:
         return [Finding("data", WARN, "data.val_tokens",
-                        f"{s.run}: evaluated {int(tokens.value):,} validation tokens; the canonical "
+                        f"seed {s.seed}: evaluated {int(tokens.value):,} validation tokens; the canonical "
                         f"{tokenizer} validation set has {want:,}", _at(s.log, tokens), seed=s.seed)]
     return []
