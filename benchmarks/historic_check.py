@@ -7,7 +7,7 @@ mirror with `git archive` into a temporary folder and checked in this process (t
 so the per-folder time is the check itself, without interpreter start-up.
 
 Prints, per check, how many folders it left at PASS / INFO / WARN / FAIL (a folder counts once per
-check, at its worst status), every FAIL finding with its evidence, and the per-folder time.
+check, at its worst status), every FAIL finding with its evidence, and each folder's check time.
 Usage: python benchmarks/historic_check.py [--git-dir DIR] [--rev main] [--json FILE]
 """
 from __future__ import annotations
@@ -84,6 +84,9 @@ def main() -> None:
             where = f["evidence"][0] if f["evidence"] else {}
             at = f" [{where.get('file')}{':' + str(where['line']) if 'line' in where else ''}]" if where else ""
             print(f"  {name}: {f['check']} {f['code']}: {f['message']}{at}")
+    print("\nper folder (check time, overall status):")
+    for name, entry in report.items():
+        print(f"  {entry['seconds']:>6.3f} s  {entry['status'].upper():<4}  {name}")
     values = sorted(times.values())
     print(f"\nper-folder check time: median {statistics.median(values):.3f} s, max {values[-1]:.3f} s "
           f"({max(times, key=times.get)}), total {sum(values):.1f} s")
