@@ -543,6 +543,15 @@ def test_non_record_track_reports_times_without_limits(record, rules):
     assert finding(judge(folder, rules), "train_time.unlimited_undisclosed").status == "warn"
 
 
+def test_an_unreported_long_run_must_be_disclosed_too(record, rules):
+    folder = record(SP8192)
+    text = (folder / "train_seed42.log").read_text().replace("  seed: 42", "  seed: 7")
+    (folder / "train_seed7.log").write_text(text.replace("train_time: 588047ms", "train_time: 14400000ms"))
+    v = judge(folder, rules, track_name="track_non_record_16mb")
+    f = finding(v, "train_time.unlimited_undisclosed")
+    assert f.status == "warn" and f.message.startswith("unreported run of seed 7 (train_seed7.log) trained past")
+
+
 def test_artifact_wallclock_is_reported(record, rules):
     folder = record(SP8192)
     edit(folder / "train_seed42.log", "GPTQ:collected 67 Hessians in 12.7s",
