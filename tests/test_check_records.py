@@ -311,6 +311,62 @@ def test_unreported_run_warns(record, rules):
     assert f.status == "warn" and "seed 7" in f.message
 
 
+def test_every_run_log_is_judged_for_size_and_time_and_a_copy_only_once(record, rules):
+    folder = record(SP8192)
+    text = (folder / "train_seed42.log").read_text().replace("  seed: 42", "  seed: 7")
+    (folder / "train_seed7.log").write_text(text.replace("quantized+brotli: 15975300", "quantized+brotli: 16075300"))
+    (folder / "train.log").write_bytes((folder / "train_seed314.log").read_bytes())  # the same run, twice
+    v = judge(folder, rules)
+    over = finding(v, "size.over_limit")
+    assert over.status == "fail" and over.seed == 7 and "unreported run of seed 7 (train_seed7.log)" in over.message
+    assert sorted(f.seed for f in v.findings if f.code.startswith("size.within")) == [42, 314, 999]
+    assert sorted(f.seed for f in v.findings if f.check == "train_time" and f.status == "warn") == [7, 42, 314, 999]
+
+
+def _declare_rerun(folder, key: str, bpb: str = "1.08091234") -> None:
+    text = (folder / "train_seed42.log").read_text()
+    text = text.replace("train_time: 588047ms", "train_time: 580011ms").replace("val_bpb:1.08079352", f"val_bpb:{bpb}")
+    (folder / "train_seed42_rerun.log").write_text(text)
+    edit(folder / "submission.json", '"hardware":', f'"{key}": {{"seed_results": {{"42": {{"val_bpb": 1.08091234}}}}}}, '
+                                                  '"hardware":')
+
+
+def test_a_declared_rerun_is_its_seed_run_again_and_settles_the_calibration_time(record, rules):
+    folder = record(SP8192)
+    _declare_rerun(folder, "compliance_rerun")
+    v = judge(folder, rules)
+    assert "claims.duplicate_seed" not in codes(v)
+    paired = finding(v, "claims.rerun_matches_log")
+    assert paired.status == "pass" and paired.evidence[0].file == "train_seed42_rerun.log"
+    settled = finding(v, "train_time.calibration_settled_by_rerun")
+    assert settled.status == "info" and settled.seed == 42 and settled.data["rerun_calibration_end_ms"] < 600_000
+    assert {f.seed for f in v.findings if f.code == "train_time.calibration_overrun"} == {314, 999}
+    assert any(f.message.startswith("declared re-run of seed 42 (train_seed42_rerun.log)") for f in v.findings
+               if f.code == "size.within_limit")
+
+
+def test_a_block_that_names_no_rerun_declares_none(record, rules):
+    folder = record(SP8192)
+    _declare_rerun(folder, "compliance")  # the same seed_results, under a key that is not a re-run's
+    v = judge(folder, rules)
+    assert "claims.rerun_matches_log" not in codes(v) and finding(v, "claims.duplicate_seed").status == "fail"
+
+
+def test_a_declared_rerun_whose_score_no_log_shows_fails(record, rules):
+    folder = record(SP8192)
+    _declare_rerun(folder, "rerun", bpb="1.08500000")
+    f = finding(judge(folder, rules), "claims.rerun_mismatch")
+    assert f.status == "fail" and f.evidence[0].text == "$.rerun.seed_results.42.val_bpb"
+
+
+def test_a_lone_seedless_log_backs_the_headline(record, rules):
+    folder = record(BASELINE)
+    edit(folder / "submission.json", '"val_bpb": 1.2243657', '"val_bpb": 1.2300')
+    edit(folder / "train.log", "seed:1337", "seed:none")  # neither the JSON nor the log names a seed
+    f = finding(judge(folder, rules), "claims.headline_not_mean")
+    assert f.status == "fail" and f.data["mean"] == pytest.approx(1.2243657, abs=1e-4)
+
+
 def test_disclosed_best_of_n_warns(record, rules):
     folder = record(SP8192)
     edit(folder / "submission.json", '"seeds": [42, 314, 999],', '"seeds": [42, 314, 999], "runs_executed": 5,')
@@ -486,6 +542,15 @@ def test_non_record_track_reports_times_without_limits(record, rules):
     edit(folder / "train.log", "stopping_early: wallclock_cap train_time:600055ms",
          "stopping_early: wallclock_cap train_time:14400000ms")
     assert finding(judge(folder, rules), "train_time.unlimited_undisclosed").status == "warn"
+
+
+def test_an_unreported_long_run_must_be_disclosed_too(record, rules):
+    folder = record(SP8192)
+    text = (folder / "train_seed42.log").read_text().replace("  seed: 42", "  seed: 7")
+    (folder / "train_seed7.log").write_text(text.replace("train_time: 588047ms", "train_time: 14400000ms"))
+    v = judge(folder, rules, track_name="track_non_record_16mb")
+    f = finding(v, "train_time.unlimited_undisclosed")
+    assert f.status == "warn" and f.message.startswith("unreported run of seed 7 (train_seed7.log) trained past")
 
 
 def test_artifact_wallclock_is_reported(record, rules):

@@ -47,14 +47,18 @@ def check_folder(folder: Path, rules: Rules, profile: str = "strict", track_name
                              else "logs.problem", f"{log.name}: {problem}", (Evidence(log.name),))
                      for problem in log.problems]
     findings += ev.seed_findings
-    findings += claims_mod.headline_findings(claimed, matched, rules)
+    findings += claims_mod.headline_findings(claimed, matched, rules, ev.runs)
 
     tokenizer, _ = tokenizer_of([s.log for s in matched] or logs, rules)
     code_bytes = cache(lambda compressed: counted_bytes(folder, scan, compressed, rules))
+    reruns = {r.seed: r for r in ev.runs if r.role == claims_mod.RERUN}
     for s in matched:
-        findings += budgets.seed_budgets(s, code_bytes, track, rules, claims=claimed, tokenizer=tokenizer)
+        findings += budgets.seed_budgets(s, code_bytes, track, rules, claims=claimed, tokenizer=tokenizer,
+                                         rerun=reruns.get(s.seed))
+    for r in ev.runs:  # every run the folder shows is the submitted code: each must fit
+        findings += budgets.run_budgets(r, code_bytes, track, rules)
     if not track.record and track.unlimited_compute_must_say_so:
-        findings += _unlimited_disclosed(folder, matched, rules)
+        findings += _unlimited_disclosed(folder, matched + ev.runs, rules)
 
     frontier, source = resolve_frontier(against, rules)
     findings += significance_findings(ev.scores, frontier, source, tokenizer, track, rules)
@@ -93,17 +97,18 @@ def _json_consistency(folder: Path, claimed: submission_json.Claims, rules: Rule
     return out
 
 
-def _unlimited_disclosed(folder: Path, matched: list[claims_mod.SeedEvidence], rules: Rules) -> list[Finding]:
-    """Non-record runs over the record budget must say in their README that compute was unlimited."""
+def _unlimited_disclosed(folder: Path, runs: list[claims_mod.SeedEvidence], rules: Rules) -> list[Finding]:
+    """Non-record runs over the record budget, reported or not, must say in their README that compute was
+    unlimited."""
     limit = next(t.train_limit_s for t in rules.tracks.values() if t.record) * 1000 + rules.tolerances["train_time_ms"]
-    long_runs = [s for s in matched if s.log.train_stop and float(s.log.train_stop.value) > limit]
+    long_runs = [s for s in runs if s.log.train_stop and float(s.log.train_stop.value) > limit]
     try:
         text = (folder / "README.md").read_text("utf-8", errors="replace").lower()
     except OSError:
         text = ""  # missing or unreadable: the files check already says so
     if long_runs and "unlimited" not in text:
         return [Finding("train_time", WARN, "train_time.unlimited_undisclosed",
-                        f"seed {long_runs[0].seed} trained past the record budget but README.md does not say the "
+                        f"{long_runs[0].run} trained past the record budget but README.md does not say the "
                         "run used unlimited compute", (Evidence("README.md"),))]
     return []
 

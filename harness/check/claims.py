@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +21,25 @@ from harness.rules import Rules, Track
 from harness.check.submission_json import FILE, Claim, Claims
 
 _FILENAME_SEED = re.compile(r"seed[_\-]?(\d+)", re.IGNORECASE)
+# What a run log is to the claims. Every run a folder shows is the submitted code, so each is judged for
+# size and time; only reported seeds make the headline.
+REPORTED, RERUN, UNREPORTED = "reported", "rerun", "unreported"
 
 
 @dataclass
 class SeedEvidence:
-    seed: int
+    seed: int | None  # None only for an unreported run whose log names no seed
     log: LogEvidence
     score: MetricLine | None  # the line the seed's score is read from
+    role: str = REPORTED  # REPORTED, RERUN (a declared re-run of a reported seed) or UNREPORTED
+
+    @property
+    def run(self) -> str:
+        """How a finding names the run: `seed 42`, or the role and log of a run that is not a reported seed."""
+        if self.role == REPORTED:
+            return f"seed {self.seed}"
+        seed = f" of seed {self.seed}" if self.seed is not None else ""
+        return f"{'declared re-run' if self.role == RERUN else 'unreported run'}{seed} ({self.log.name})"
 
 
 def filename_seed(name: str) -> int | None:
@@ -53,10 +66,13 @@ def _ev(log: LogEvidence, line: int | None = None, text: str | None = None) -> E
 
 
 def match_seeds(claims: Claims, logs: list[LogEvidence], track: Track,
-                rules: Rules) -> tuple[list[SeedEvidence], list[Finding]]:
-    """Pair every claimed seed with its log and its score line."""
+                rules: Rules) -> tuple[list[SeedEvidence], list[SeedEvidence], list[Finding]]:
+    """Pair every claimed seed with its log and its score line; every other run log (declared re-runs,
+    unreported runs) comes back as a run of its own, so that its budgets are judged too."""
     findings: list[Finding] = []
     readable = [log for log in logs if not log.unreadable]
+    reruns = _declared_reruns(claims, readable, rules, findings)
+    rerun_logs = {r.log.name for r in reruns}
 
     for log in readable:
         named = filename_seed(log.name)
@@ -77,7 +93,7 @@ def match_seeds(claims: Claims, logs: list[LogEvidence], track: Track,
                                 (Evidence(FILE, None, claims.seeds_path),)))
     by_logged: dict[int, list[LogEvidence]] = {}
     for log in readable:
-        if log.seed is not None:
+        if log.seed is not None and log.name not in rerun_logs:
             by_logged.setdefault(log.seed, []).append(log)
     for seed, same in sorted(by_logged.items()):
         distinct = {_fingerprint(l) for l in same}
@@ -95,7 +111,7 @@ def match_seeds(claims: Claims, logs: list[LogEvidence], track: Track,
 
     matched: list[SeedEvidence] = []
     for seed in dict.fromkeys(seeds):
-        log = _log_for(seed, readable)
+        log = _log_for(seed, [l for l in readable if l.name not in rerun_logs])
         if log is None:
             unreadable = [l for l in logs if l.unreadable and filename_seed(l.name) == seed]
             why = f" ({unreadable[0].name}: {unreadable[0].problems[0]})" if unreadable else ""
@@ -106,7 +122,7 @@ def match_seeds(claims: Claims, logs: list[LogEvidence], track: Track,
         matched.append(_score_for(seed, log, claims.per_seed.get(seed), rules, findings))
 
     reported = {s.log.name for s in matched}
-    extra = [l for l in readable if l.name not in reported and l.seed is not None and l.seed not in seeds]
+    extra = [l for l in readable if l.name not in reported | rerun_logs and l.seed is not None and l.seed not in seeds]
     if extra:
         findings.append(Finding("claims", WARN, "claims.unreported_runs",
                                 f"{len(extra)} log(s) show runs whose seeds are not reported "
@@ -122,7 +138,46 @@ def match_seeds(claims: Claims, logs: list[LogEvidence], track: Track,
         findings.append(Finding("claims", WARN, "claims.few_seeds",
                                 f"{len(matched)} seed(s) reported; the {track.name} track expects at least "
                                 f"{track.min_seeds} to show significance", (Evidence(FILE),)))
-    return matched, findings
+    return matched, reruns + _other_runs(readable, matched + reruns, rules), findings
+
+
+def _declared_reruns(claims: Claims, logs: list[LogEvidence], rules: Rules,
+                     findings: list[Finding]) -> list[SeedEvidence]:
+    """The log of each re-run submission.json declares: the log of that seed whose score is nearest the
+    re-run's (of two as near, the one that does not also show the original claim)."""
+    out: list[SeedEvidence] = []
+    for seed, claim in claims.reruns.items():
+        hits = [(l, m) for l in logs if l.seed == seed for m in l.scores if matches(claim, m.val_bpb, rules)]
+        original = claims.per_seed.get(seed)
+        hits.sort(key=lambda hit: (abs(claim.value - hit[1].val_bpb), original is not None and any(
+            matches(original, m.val_bpb, rules) for m in hit[0].scores)))
+        if not hits:
+            findings.append(Finding("claims", FAIL, "claims.rerun_mismatch",
+                                    f"seed {seed}: {FILE} declares a re-run scoring {claim.text} ({claim.path}) but "
+                                    f"no log of seed {seed} shows that score", (Evidence(FILE, None, claim.path),),
+                                    seed=seed))
+            continue
+        log, score = hits[0]
+        findings.append(Finding("claims", PASS, "claims.rerun_matches_log",
+                                f"seed {seed}: the declared re-run's {claim.text} matches {score.label} "
+                                f"{score.val_bpb} of {log.name}", (_ev(log, score.line, score.text),), seed=seed))
+        out.append(SeedEvidence(seed, log, score, RERUN))
+    return out
+
+
+def _other_runs(logs: list[LogEvidence], judged: list[SeedEvidence], rules: Rules) -> list[SeedEvidence]:
+    """Every readable log not yet paired, as an unreported run; a verbatim copy of a paired log (the same
+    score lines under another name) is the same run and is left out."""
+    out: list[SeedEvidence] = []
+    names = {s.log.name for s in judged}
+    seen = {(s.log.seed, _fingerprint(s.log)) for s in judged if s.log.metrics}
+    for log in logs:
+        if log.name in names or (log.metrics and (log.seed, _fingerprint(log)) in seen):
+            continue
+        seen.add((log.seed, _fingerprint(log)))
+        seed = log.seed if log.seed is not None else filename_seed(log.name)
+        out.append(SeedEvidence(seed, log, pick_score(log, rules), UNREPORTED))
+    return out
 
 
 def _seeds_from_logs(claims: Claims, logs: list[LogEvidence], rules: Rules) -> list[int]:
@@ -187,9 +242,14 @@ def _score_for(seed: int, log: LogEvidence, claim: Claim | None, rules: Rules,
     return SeedEvidence(seed, log, pick_score(log, rules))
 
 
-def headline_findings(claims: Claims, matched: list[SeedEvidence], rules: Rules) -> list[Finding]:
-    """The headline must be the mean of the per-seed scores, and the spread their std."""
+def headline_findings(claims: Claims, matched: list[SeedEvidence], rules: Rules,
+                      runs: Sequence[SeedEvidence] = ()) -> list[Finding]:
+    """The headline must be the mean of the per-seed scores, and the spread their std. A folder whose
+    JSON names no seed and whose one scored log names none either is judged on that log's score."""
     scores = [s.score.val_bpb for s in matched if s.score is not None]
+    lone = [r for r in runs if r.role == UNREPORTED and r.score is not None]
+    if not scores and not claims.seeds and claims.headline is not None and len(lone) == 1:
+        scores = [lone[0].score.val_bpb]
     if not scores:
         return []
     mean = statistics.fmean(scores)

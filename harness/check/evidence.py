@@ -28,6 +28,7 @@ class FolderEvidence:
     track_note: Finding | None  # the track had to be guessed
     logs: list[LogEvidence]
     matched: list[SeedEvidence]  # every claimed seed that a log backs, in claim order
+    runs: list[SeedEvidence]  # every other run log: declared re-runs, then unreported runs
     seed_findings: list[Finding]  # what pairing seeds with logs found
 
     @property
@@ -55,5 +56,6 @@ def read_folder(folder: Path, rules: Rules, track: str | None = None) -> FolderE
     claims = submission_json.claims(data) if data is not None else submission_json.Claims()
     track_name, track_note = find_track(folder, rules, track, claims.track)
     logs = [read_log(p, folder, rules) for p in log_files(folder)]
-    matched, seed_findings = match_seeds(claims, logs, rules.tracks[track_name], rules)
-    return FolderEvidence(folder, data, json_problems, claims, track_name, track_note, logs, matched, seed_findings)
+    matched, runs, seed_findings = match_seeds(claims, logs, rules.tracks[track_name], rules)
+    return FolderEvidence(folder, data, json_problems, claims, track_name, track_note, logs, matched, runs,
+                          seed_findings)

@@ -11,6 +11,7 @@ finding can point at it. Numbers keep the text they were written with, because
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from harness.validation import errors
 MAX_JSON_BYTES = 1024 * 1024
 FILE = "submission.json"
 _HEADLINE_KEYS = ("val_bpb", "mean_val_bpb", "mean_bpb")
+_RERUN_KEY = re.compile(r"re[_\- ]?run", re.IGNORECASE)  # e.g. $.compliance_rerun
 
 
 class Num(float):
@@ -61,6 +63,9 @@ class Claims:
     track: str | None = None
     date: str | None = None
     listed_vs_results: tuple[list[int], list[str]] | None = None  # $.seeds and the keys of $.seed_results
+    # Declared re-runs: a reported seed run again with its own log (e.g. a compliance re-run with a larger
+    # GPTQ reserve), seed -> the re-run's val_bpb; its log is the one of that seed showing this score.
+    reruns: dict[int, Claim] = field(default_factory=dict)
 
 
 def _claim(value: Any, path: str) -> Claim | None:
@@ -160,6 +165,14 @@ def claims(data: dict[str, Any]) -> Claims:
                          if (c := _claim(result.get(k), f"$.{key}.{seed_text}.{k}"))), None)
             if size and seed not in out.per_seed_bytes:
                 out.per_seed_bytes[seed] = size
+
+    for key, block in data.items():
+        table = block.get("seed_results") if _RERUN_KEY.search(key) and isinstance(block, dict) else None
+        for seed_text, result in (table.items() if isinstance(table, dict) else ()):
+            bpb = _claim(result.get("val_bpb"), f"$.{key}.seed_results.{seed_text}.val_bpb") \
+                if isinstance(result, dict) and seed_text.isdigit() else None
+            if bpb:
+                out.reruns.setdefault(int(seed_text), bpb)
 
     runs = data.get("runs_executed")
     if isinstance(runs, int) and not isinstance(runs, bool):
