@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import weakref
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, fields, replace
 
@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pgolf_events import Events, audit_positions
+from pgolf_events import Events
 
 try:  # the FlashAttention-3 Hopper build; PyPI also has an empty placeholder of this name
     from flash_attn_interface import flash_attn_func as flash_attn_3
@@ -1033,13 +1033,12 @@ def chunk_windows(windows: list[tuple[int, int, int]], chunk_tokens: int) -> lis
 
 @dataclass
 class Scorer:
-    """What scoring needs besides the model: the stream on the device and on the host, bytes, audits."""
+    """What scoring needs besides the model: the stream on the device and on the host, bytes."""
 
     tokens: torch.Tensor        # the validation stream, int64, on the device
     host: np.ndarray            # the same stream on the host
     table: tuple
     sidecar: np.ndarray | None
-    audit: list[int]            # sorted positions whose full distribution is reported
 
 
 def score_windows(tail_fn, head_fn, windows, scorer: Scorer, cfg: Config, ctx: Dist, events) -> np.ndarray:
@@ -1065,8 +1064,7 @@ def score_windows(tail_fn, head_fn, windows, scorer: Scorer, cfg: Config, ctx: D
         host = nll[:len(group)].cpu().numpy()
         lo, hi = group[0][1], group[-1][2]
         pieces = [host[b, width - (w[2] - w[1]):] for b, w in enumerate(group)]
-        events.scores(lo, np.concatenate(pieces))
-        for pos in scorer.audit[bisect_left(scorer.audit, lo):bisect_left(scorer.audit, hi)]:
+        for pos in events.scores(lo, np.concatenate(pieces)):  # the harness picks what to audit once it has them
             b = bisect_right([w[1] for w in group], pos) - 1
             events.audit(pos, logp[b, width - (group[b][2] - pos)].cpu().numpy())
         sums += (float(np.sum(np.concatenate(pieces), dtype=np.float64)), hi - lo,
@@ -1112,8 +1110,8 @@ def warm_up_eval(tail_fn, loss_fn, params, cfg: Config, ctx: Dist, vocab: int, n
             p.grad.zero_()
 
 
-def evaluate(model: GPT, val_tokens: np.ndarray, cfg: Config, ctx: Dist, events, table, sidecar=None,
-             audit=()) -> tuple[float, float, float]:
+def evaluate(model: GPT, val_tokens: np.ndarray, cfg: Config, ctx: Dist, events, table,
+             sidecar=None) -> tuple[float, float, float]:
     """Sliding-window scoring with score-first TTT; returns (val_loss, val_bpb, seconds).
 
     Chunk by chunk: every rank scores its share of the chunk's windows under no_grad and sends the
@@ -1131,8 +1129,7 @@ def evaluate(model: GPT, val_tokens: np.ndarray, cfg: Config, ctx: Dist, events,
         if ctx.cuda:
             torch.cuda.synchronize()
         log(ctx, f"eval:warm-up (compile, random tokens) {time.perf_counter() - start:.1f}s")
-    scorer = Scorer(torch.from_numpy(val_tokens.astype(np.int64)).to(ctx.device), val_tokens, table, sidecar,
-                    sorted(audit))
+    scorer = Scorer(torch.from_numpy(val_tokens.astype(np.int64)).to(ctx.device), val_tokens, table, sidecar)
     windows = scoring_windows(len(val_tokens), cfg.eval_seq_len, cfg.eval_stride)
     chunks = chunk_windows(windows, cfg.ttt_chunk_tokens if cfg.ttt_enabled else len(val_tokens))
     opt = torch.optim.SGD(params, lr=cfg.ttt_lr, momentum=cfg.ttt_momentum)
@@ -1171,8 +1168,7 @@ def run_eval(cfg: Config, ctx: Dist, sp, backend: str, artifact: str, events) ->
     val_tokens, sidecar = read_validation(cfg.data_path)
     log(ctx, f"val_tokens:{len(val_tokens)} ttt:{cfg.ttt_enabled} chunk:{cfg.ttt_chunk_tokens} "
              f"context:{cfg.eval_seq_len} stride:{cfg.eval_stride} looping:{model.looping}")
-    audit = audit_positions(int(os.environ.get("PGOLF_AUDIT_SEED", cfg.seed)), len(val_tokens)) if events.active else ()
-    loss, bpb, seconds = evaluate(model, val_tokens, cfg, ctx, events, byte_table(sp, model.vocab), sidecar, audit)
+    loss, bpb, seconds = evaluate(model, val_tokens, cfg, ctx, events, byte_table(sp, model.vocab), sidecar)
     label = "quantized_ttt" if cfg.ttt_enabled else "quantized_sliding_window"
     log(ctx, f"{label} val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:{seconds * 1000:.0f}ms")
     if ctx.rank == 0:

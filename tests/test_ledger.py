@@ -29,9 +29,9 @@ def nll_at(position: int) -> float:
     return float(-distribution(position)[TOKENS[position]])
 
 
-def serve(tmp_path, ranks, audits=()):
+def serve(tmp_path, ranks):
     """Run `ranks` (functions of an Events client) concurrently against a fresh server."""
-    ledger = Ledger(TOKENS, list(audits))
+    ledger = Ledger(TOKENS, [])
     log = io.StringIO()
     with EventServer(tmp_path / "events.sock", log, ledger) as server:
         threads = [threading.Thread(target=_rank, args=(tmp_path / "events.sock", r, len(ranks), fn))
@@ -50,12 +50,13 @@ def _rank(path, rank, world, fn):
 
 
 def score_range(events, lo, hi):
-    events.scores(lo, [nll_at(p) for p in range(lo, hi)])
+    """Score [lo, hi) and send the distribution at each position the harness asks for."""
+    for p in events.scores(lo, [nll_at(p) for p in range(lo, hi)]):
+        events.audit(p, distribution(p))
 
 
 def test_score_first_two_ranks_pass(tmp_path):
     barrier = threading.Barrier(2)
-    audits = [5, 700, 1500]
 
     def rank(events):
         for chunk in range(4):  # 500-position chunks, split between the two ranks
@@ -63,16 +64,13 @@ def test_score_first_two_ranks_pass(tmp_path):
             mid = lo + 250
             mine = (lo, mid) if events.rank == 0 else (mid, min(lo + 500, N))
             score_range(events, *mine)
-            for p in audits:
-                if mine[0] <= p < mine[1]:
-                    events.audit(p, distribution(p))
             barrier.wait()  # the collective before a TTT step
             if chunk < 3:  # the last chunk is never trained on
                 events.update(lo, lo + 500)
             barrier.wait()
         events.mark("eval_end")
 
-    received, found, log = serve(tmp_path, [rank, rank], audits)
+    received, found, log = serve(tmp_path, [rank, rank])
     assert {"ledger.single_pass", "ledger.score_before_update", "ledger.normalized"} == set(found)
     assert received.score_values == N - 1 and set(received.marks["eval_end"]) == {0, 1}
     assert '"type": "update"' in log and received.problems == []
@@ -109,13 +107,13 @@ def test_out_of_range_and_non_finite_fail(tmp_path):
 
 def test_unnormalised_and_mismatched_audits_fail(tmp_path):
     def audited(events):
-        score_range(events, 1, N)
+        events.scores(1, [nll_at(p) for p in range(1, N)])  # sends none of the distributions asked for
         events.audit(10, distribution(10, normalised=False))
         good = distribution(20)
         good[TOKENS[20]] -= 0.5  # reported NLL no longer -log p(target)
         events.audit(20, good - np.log(np.exp(good.astype(np.float64)).sum()))
 
-    found = serve(tmp_path, [audited], audits=[10, 20, 30])[1]
+    found = serve(tmp_path, [audited])[1]
     assert found["ledger.unnormalized"].status == "fail" and "position 10" in found["ledger.unnormalized"].message
     assert found["ledger.audit_mismatch"].status == "fail" and "at 2 audited" in found["ledger.audit_mismatch"].message
     assert found["ledger.audit_missing"].status == "warn"
@@ -247,3 +245,49 @@ def test_training_on_a_chunk_scored_by_both_ranks_is_update_before_score():
 def test_an_update_partly_scored_is_not_slot():
     found = _direct([("score", 0, 1, 51), ("update", 0, 1, 101), ("score", 0, 51, N)])
     assert found["ledger.update_before_score"] == "fail" and "ledger.fit_on_scored_window" not in found
+
+
+def test_protocol_2_audits_are_chosen_after_the_scores_and_differ_per_run(tmp_path):
+    """The harness answers each scores frame with positions of that frame: about 64 over the stream, drawn
+    from its own secret generator, so two runs of the same stream are asked for different positions."""
+    asked = []
+
+    def rank(events):
+        for lo in range(1, N, 100):
+            got = events.scores(lo, [nll_at(p) for p in range(lo, min(lo + 100, N))])
+            assert all(lo <= p < lo + 100 for p in got)
+            asked.append(got)
+            for p in got:
+                events.audit(p, distribution(p))
+
+    runs = []
+    for _ in range(2):
+        asked.clear()
+        found = serve(tmp_path, [rank])[1]
+        runs.append({p for got in asked for p in got})
+        assert "ledger.audit_missing" not in found and "ledger.audits_foreseeable" not in found
+        assert f"{len(runs[-1])} audited distributions" in found["ledger.normalized"].message
+    assert 30 <= len(runs[0]) <= 110 and runs[0] != runs[1]
+
+
+def test_kept_rows_are_always_asked_for():
+    ledger = Ledger(TOKENS, [], keep_rows=(7, 1234))
+    assert 7 in ledger.ask_audits(1, 100) and 1234 not in ledger.ask_audits(100, 1000)
+    assert 1234 in ledger.ask_audits(1000, N)
+
+
+def test_a_protocol_1_client_audits_what_it_foresaw_and_the_verdict_says_so(tmp_path):
+    class Old(Events):
+        protocol = 1
+
+    foreseen = audit_positions(5, N)
+    ledger = Ledger(TOKENS, foreseen)
+    with EventServer(tmp_path / "o.sock", io.StringIO(), ledger) as server:
+        events = Old(str(tmp_path / "o.sock"), 0, 1)
+        assert events.scores(1, [nll_at(p) for p in range(1, N)]) == []  # no answer is read, none is sent
+        for p in foreseen:
+            events.audit(p, distribution(p))
+        events.close()
+    found = {f.code: f.status for f in ledger.findings()}
+    assert server.received.problems == [] and found["ledger.audits_foreseeable"] == "info"
+    assert found["ledger.normalized"] == "pass" and "ledger.audit_missing" not in found

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401 -- imported before init_process_group: see teardown()
 import torch.nn as nn
 import torch.nn.functional as F
-from pgolf_events import Events, audit_positions
+from pgolf_events import Events
 
 BUG = os.environ.get("TINY_BUG", "")
 SEQ, DIM, HEADS, LAYERS = 64, 64, 2, 2
@@ -136,7 +136,6 @@ def evaluate(events, rank, world, vocab, sp):
         with open(os.path.join(os.environ["PGOLF_ARTIFACT_DIR"], "model.pt"), "ab") as f:
             f.write(b"tampered")
     opt = torch.optim.SGD(model.parameters(), lr=TTT_LR, momentum=0.9)
-    audit = set(audit_positions(int(os.environ.get("PGOLF_AUDIT_SEED", 0)), len(val)))
     base, space, boundary = byte_table(sp, vocab)
     sums = torch.zeros(3, dtype=torch.float64)  # nll, targets, bytes
     chunks = list(range(1, len(val), CHUNK))
@@ -160,8 +159,7 @@ def evaluate(events, rank, world, vocab, sp):
                 if BUG == "slot":
                     logp = slot_fit(events, logp, val, p, q)
                 nll = -logp.gather(1, torch.from_numpy(val[p:q])[:, None])[:, 0]
-                events.scores(p, nll.numpy())
-                for pos in audit.intersection(range(p, q)):
+                for pos in events.scores(p, nll.numpy()):  # the harness picks what to audit once it has them
                     row = logp[pos - p].numpy()
                     events.audit(pos, row + 1.0 if BUG == "unnormalized" else row)
                 prev, y = val[p - 1:q - 1], val[p:q]

@@ -14,16 +14,19 @@ import struct
 import time
 from array import array
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: the harness answers each scores frame with the positions to audit; 1: foreseen from a seed
+SUPPORTED = (1, 2)  # the versions the harness accepts (a client vendored before version 2 keeps working)
 JSON, SCORES, AUDIT = b"J", b"S", b"A"
 HEADER = struct.Struct("<cId")  # kind, payload length, send time (time.monotonic(), system-wide on Linux)
 RANGE = struct.Struct("<qq")  # start, end
 AUDIT_HEAD = struct.Struct("<qi")  # position, vocab size
+ANSWER = struct.Struct("<I")  # the harness's answer to a scores frame: a count, then that many int64 positions
 MAX_PAYLOAD = 1 << 31
 
 
 def audit_positions(seed: int, n_tokens: int, count: int = 64) -> list[int]:
-    """The validation positions whose full distribution must be sent (same rule as the harness)."""
+    """Protocol 1's audited positions, from PGOLF_AUDIT_SEED (same rule as the harness). A protocol-2 client
+    does not use them: `Events.scores` returns the positions the harness asks for."""
     import numpy as np
 
     targets = n_tokens - 1
@@ -45,13 +48,15 @@ def _float32_bytes(values) -> tuple[bytes, int]:
 class Events:
     """One rank's connection to the harness. Use `Events.from_env(rank, world_size)`."""
 
+    protocol = PROTOCOL
+
     def __init__(self, path: str | None, rank: int, world_size: int):
         self.rank, self.world_size = rank, world_size
         self._sock = None
         if path:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._sock.connect(path)
-            self.send({"type": "hello", "rank": rank, "world_size": world_size, "protocol": PROTOCOL,
+            self.send({"type": "hello", "rank": rank, "world_size": world_size, "protocol": self.protocol,
                        "pid": os.getpid()})
 
     @classmethod
@@ -76,12 +81,27 @@ class Events:
         `steps` (optimizer steps taken) with train_end, so the records show them."""
         self.send({"type": "mark", "name": name, **({} if steps is None else {"steps": int(steps)})})
 
-    def scores(self, start: int, nlls) -> None:
-        """NLLs (nats) of the targets at validation positions start, start+1, ..."""
+    def scores(self, start: int, nlls) -> list[int]:
+        """NLLs (nats) of the targets at validation positions start, start+1, ...; returns the positions among
+        them whose full distribution to send now with `audit`. The harness picks them after these scores have
+        arrived, so no job can know beforehand which of its scores will be checked."""
         if self._sock is None:
-            return
+            return []
         data, n = _float32_bytes(nlls)
         self._frame(SCORES, RANGE.pack(start, start + n) + data)
+        if self.protocol < 2:
+            return []
+        (count,) = ANSWER.unpack(self._exact(ANSWER.size))
+        return list(struct.unpack(f"<{count}q", self._exact(8 * count))) if count else []
+
+    def _exact(self, size: int) -> bytes:
+        out = b""
+        while len(out) < size:
+            chunk = self._sock.recv(size - len(out))
+            if not chunk:
+                raise ConnectionError("the harness closed the event channel")
+            out += chunk
+        return out
 
     def update(self, start: int, end: int) -> None:
         """Declare, before changing any state, that the change uses tokens at [start, end)."""

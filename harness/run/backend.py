@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from harness.client import CLIENT_DIR
+from harness.client.pgolf_events import PROTOCOL
 from harness.run.jobs import PhaseProcess
 
 
@@ -57,7 +58,7 @@ def job_environment(job: PhaseJob, data: PurePosixPath, artifact: PurePosixPath,
     """The job's environment: `base` with the protocol's variables, paths as the job sees them."""
     env = {k: v for k, v in base.items() if not k.startswith("PGOLF_")}
     env.update({
-        "PGOLF_PHASE": job.phase, "PGOLF_PROTOCOL": "1", "PGOLF_SEED": str(job.seed), "SEED": str(job.seed),
+        "PGOLF_PHASE": job.phase, "PGOLF_PROTOCOL": str(PROTOCOL), "PGOLF_SEED": str(job.seed), "SEED": str(job.seed),
         "DATA_PATH": str(data), "TOKENIZER_PATH": str(data / job.tokenizer),
         "PGOLF_ARTIFACT_DIR": str(artifact), "PGOLF_AUDIT_SEED": str(job.seed if job.audit_seed is None else job.audit_seed), "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",  # the code folder stays as staged

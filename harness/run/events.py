@@ -21,7 +21,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from harness.client.pgolf_events import AUDIT, AUDIT_HEAD, HEADER, JSON, MAX_PAYLOAD, PROTOCOL, RANGE, SCORES
+from harness.client.pgolf_events import (ANSWER, AUDIT, AUDIT_HEAD, HEADER, JSON, MAX_PAYLOAD, PROTOCOL, RANGE,
+                                         SCORES, SUPPORTED)
 from harness.run.ledger import Ledger
 from harness.validation import errors
 
@@ -34,6 +35,7 @@ class _Conn:
     buffer: bytearray = field(default_factory=bytearray)
     rank: int | None = None
     last_sent: float = float("-inf")
+    protocol: int = 1  # from its hello: from 2 on, every scores frame is answered with the positions to audit
 
 
 @dataclass
@@ -171,22 +173,16 @@ class EventServer:
             if problems:
                 return self._problem(conn, "; ".join(problems))
             return self._message(conn, message, t, sent)
+        if kind == SCORES:
+            asked: list[int] = []
+            try:
+                asked = self._scores(conn, payload, t, sent)
+            finally:  # a protocol-2 client waits for the answer, even to a frame refused
+                if conn.protocol >= 2:
+                    self._answer(conn, asked)
+            return
         if conn.rank is None:
             return self._problem(conn, "sent data before its hello")
-        if kind == SCORES:
-            if len(payload) < RANGE.size or (len(payload) - RANGE.size) % 4:
-                return self._problem(conn, f"score frame of {len(payload)} bytes is not a range + float32s")
-            start, end = RANGE.unpack_from(payload)
-            nlls = np.frombuffer(payload, dtype="<f4", offset=RANGE.size)
-            if end - start != nlls.size:
-                return self._problem(conn, f"score frame says [{start}, {end}) but carries {nlls.size} values")
-            self.received.score_frames += 1
-            self.received.score_values += nlls.size
-            self._worked(t)
-            self._record({"t": t, "rank": conn.rank, "type": "score", "start": start, "end": end})
-            if self.ledger is None:
-                return self._problem(conn, "sent scores in the train phase, which has no validation data")
-            return self.ledger.score(start, nlls, conn.rank, sent)
         position, vocab = AUDIT_HEAD.unpack_from(payload) if len(payload) >= AUDIT_HEAD.size else (-1, -1)
         logprobs = np.frombuffer(payload, dtype="<f4", offset=AUDIT_HEAD.size) if vocab >= 0 else None
         if logprobs is None or logprobs.size != vocab:
@@ -196,11 +192,44 @@ class EventServer:
         if self.ledger is not None:
             self.ledger.audit(position, logprobs, conn.rank)
 
+    def _scores(self, conn: _Conn, payload: bytes, t: float, sent: float) -> list[int]:
+        """Feed a scores frame to the ledger; the positions the harness now wants audited."""
+        if conn.rank is None:
+            self._problem(conn, "sent data before its hello")
+            return []
+        if len(payload) < RANGE.size or (len(payload) - RANGE.size) % 4:
+            self._problem(conn, f"score frame of {len(payload)} bytes is not a range + float32s")
+            return []
+        start, end = RANGE.unpack_from(payload)
+        nlls = np.frombuffer(payload, dtype="<f4", offset=RANGE.size)
+        if end - start != nlls.size:
+            self._problem(conn, f"score frame says [{start}, {end}) but carries {nlls.size} values")
+            return []
+        self.received.score_frames += 1
+        self.received.score_values += nlls.size
+        self._worked(t)
+        self._record({"t": t, "rank": conn.rank, "type": "score", "start": start, "end": end})
+        if self.ledger is None:
+            self._problem(conn, "sent scores in the train phase, which has no validation data")
+            return []
+        self.ledger.score(start, nlls, conn.rank, sent)
+        return self.ledger.ask_audits(start, end) if conn.protocol >= 2 else []
+
+    def _answer(self, conn: _Conn, positions: list[int]) -> None:
+        """The positions to audit, on the scores frame's own connection (the client reads them at once)."""
+        try:
+            conn.sock.sendall(ANSWER.pack(len(positions)) + np.asarray(positions, dtype="<i8").tobytes())
+        except OSError:  # a client that reads no answers until its buffer is full, or one that left
+            self._problem(conn, "did not read the harness's audit requests")
+
     def _message(self, conn: _Conn, message: dict[str, Any], t: float, sent: float) -> None:
         kind = message["type"]
         if kind == "hello":
-            if message["protocol"] != PROTOCOL:
+            if message["protocol"] not in SUPPORTED:
                 self._problem(conn, f"speaks protocol {message['protocol']}, the harness {PROTOCOL}")
+            conn.protocol = message["protocol"]
+            if self.ledger is not None:
+                self.ledger.client_protocol(message["protocol"])
             if conn.rank is not None or message["rank"] in self.received.hellos:
                 # one connection per rank: send times are checked along a connection, so a second one
                 # could carry frames stamped before what the first declared

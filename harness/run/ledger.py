@@ -16,14 +16,16 @@ update on positions not yet scored (pre-quantization TTT and the like).
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.findings import FAIL, PASS, WARN, Finding
+from harness.findings import FAIL, INFO, PASS, WARN, Finding
 
 EXAMPLES = 5  # violations quoted per kind; the rest are counted
+AUDITS = 64  # distributions asked for over a whole stream (protocol 2: at random, after the scores arrived)
 
 
 @dataclass
@@ -37,15 +39,19 @@ class Ledger:
 
     def __init__(self, tokens: np.ndarray, audit_positions: list[int], tolerance: float = 1e-3,
                  enough_at: int | None = None, keep_rows: tuple[int, ...] = ()):
-        """`enough_at`: set `enough` once every position 1 … enough_at is scored (a probe run needs no more);
-        `keep_rows`: audit positions whose whole distribution is kept in `rows` (a probe's canaries)."""
+        """`audit_positions`: those a protocol-1 client foresees from PGOLF_AUDIT_SEED; `enough_at`: set `enough`
+        once every position 1 … enough_at is scored (a probe run needs no more); `keep_rows`: positions whose
+        whole distribution is kept in `rows` (a probe's canaries), always asked for from a protocol-2 client."""
         self.tokens = np.asarray(tokens)
         self.n = int(self.tokens.size)
         self.count = np.zeros(self.n, dtype=np.uint8)
         self.nll = np.full(self.n, np.nan, dtype=np.float32)
         self.scored_at = np.full(self.n, np.inf)  # send time of the first score of each position
         self.scored_by = np.zeros(self.n, dtype=np.uint16)  # rank that first scored each position
-        self.audit_wanted = set(audit_positions)
+        self.foreseen = set(audit_positions)  # protocol 1
+        self.asked: set[int] = set()  # protocol 2: chosen as the scores arrive, by a generator no job can seed
+        self.protocols: set[int] = set()
+        self._pick = np.random.default_rng(secrets.randbits(128))
         self.audits: dict[int, tuple[float, float]] = {}  # position -> (logsumexp, -logprob[target])
         self.tolerance = tolerance
         self.updates: list[tuple[float, int, int, int]] = []  # (sent, start, end, rank)
@@ -85,6 +91,21 @@ class Ledger:
         self.count[start:end] += 1
         self.nll[start:end] = nlls
         np.minimum(self.scored_at[start:end], sent, out=self.scored_at[start:end])
+
+    def client_protocol(self, version: int) -> None:
+        self.protocols.add(version)
+
+    def ask_audits(self, start: int, end: int) -> list[int]:
+        """Positions of a scores frame just received whose distribution the job must send now: each target with
+        probability AUDITS / targets, plus any kept row, so about AUDITS over the stream and none foreseeable."""
+        lo, hi = max(start, 1), min(end, self.n)
+        if hi <= lo:
+            return []
+        count = int(self._pick.binomial(hi - lo, min(1.0, AUDITS / max(self.n - 1, 1))))
+        picked = {lo + int(i) for i in self._pick.choice(hi - lo, size=count, replace=False)} if count else set()
+        picked |= {p for p in self.keep_rows if lo <= p < hi}
+        self.asked |= picked
+        return sorted(picked)
 
     def update(self, start: int, end: int, rank: int, sent: float) -> None:
         if start < 0 or end > self.n or start >= end:
@@ -159,11 +180,17 @@ class Ledger:
         return out
 
     def _audit_findings(self) -> list[Finding]:
-        absent = sorted(self.audit_wanted - set(self.audits))
+        wanted = self.asked | (self.foreseen if 1 in self.protocols or not self.protocols else set())
+        absent = sorted(wanted - set(self.audits))
         out: list[Finding] = []
+        if 1 in self.protocols:
+            out.append(Finding("ledger", INFO, "ledger.audits_foreseeable",
+                               "C2: the job's client speaks protocol 1, so it knew which positions would be audited "
+                               "before scoring them (PGOLF_AUDIT_SEED); protocol 2 (harness/client/pgolf_events.py) "
+                               "asks for them after the scores arrive, and `pgolf probe` tells honesty only there"))
         if absent:
             out.append(Finding("ledger", WARN, "ledger.audit_missing",
-                               f"C2 not verified at {len(absent)} of {len(self.audit_wanted)} audit positions "
+                               f"C2 not verified at {len(absent)} of {len(wanted)} audit positions "
                                f"(no distribution sent; first: {absent[0]})"))
         unnormalised = [(p, lse) for p, (lse, _) in sorted(self.audits.items()) if abs(lse) > self.tolerance]
         if unnormalised:

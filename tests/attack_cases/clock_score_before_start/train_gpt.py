@@ -24,6 +24,7 @@ class Held(tiny.Events):
 
     def scores(self, *args):
         self.held.append((super().scores, args))
+        return []  # what the harness asks for comes only when the frames go out
 
     def audit(self, *args):
         self.held.append((super().audit, args))

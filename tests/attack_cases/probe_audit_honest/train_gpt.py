@@ -1,29 +1,32 @@
-"""Every NLL scaled by 0.9, except at the audit positions, which the job computes from PGOLF_AUDIT_SEED:
-there it reports the truth, so every audited distribution agrees with its NLL."""
+"""Every NLL scaled by 0.9, except at the positions that will be audited. A client of protocol 2 cannot know
+those before it scores, so this one says it speaks protocol 1 and computes them from PGOLF_AUDIT_SEED, as
+clients did before: there it reports the truth, so every audited distribution agrees with its NLL."""
+import os
+
 import numpy as np
 
 import cheat
 import tiny
-
-audited = set()
-positions = tiny.audit_positions
-
-
-def remember(seed, n):
-    audited.update(positions(seed, n))
-    return positions(seed, n)
+from pgolf_events import audit_positions
 
 
 class Scaled(tiny.Events):
+    protocol = 1
+
     def scores(self, start, nlls):
+        if not hasattr(self, "foreseen"):
+            n = len(tiny.read_tokens(os.path.join(os.environ["DATA_PATH"], "fineweb_val_*.bin")))
+            self.foreseen = set(audit_positions(int(os.environ["PGOLF_AUDIT_SEED"]), n))
         nlls = np.asarray(nlls, dtype=np.float64)
-        keep = np.isin(np.arange(start, start + nlls.size), list(audited))
-        super().scores(start, np.where(keep, nlls, 0.9 * nlls))
+        positions = range(start, start + nlls.size)
+        honest = np.isin(positions, list(self.foreseen))
+        super().scores(start, np.where(honest, nlls, 0.9 * nlls))
+        return sorted(self.foreseen.intersection(positions))
 
     def result(self, val_loss, val_bpb):
         super().result(0.9 * val_loss, 0.9 * val_bpb)
 
 
 if cheat.PHASE == "eval":
-    tiny.audit_positions, tiny.Events = remember, Scaled
+    tiny.Events = Scaled
 tiny.main()

@@ -16,7 +16,7 @@ class Backdated(Events):
         self.twin._frame = lambda kind, payload: sock.sendall(HEADER.pack(kind, len(payload), stamp) + payload)
 
     def scores(self, start, nlls):
-        self.twin.scores(start, nlls)
+        return self.twin.scores(start, nlls)
 
     def audit(self, position, logprobs):
         self.twin.audit(position, logprobs)
