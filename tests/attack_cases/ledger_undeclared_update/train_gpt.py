@@ -1,4 +1,8 @@
-"""Train on chunk 0 before scoring it and declare nothing: the ledger only knows the updates it is told of."""
+"""Train on chunk 0 before scoring it and declare nothing: the ledger only knows the updates it is told of.
+TINY_CHEAT_SIZE sets the test-time learning rate (benchmarks/probe_power.py: how small a step the probe
+still catches)."""
+import os
+
 import cheat
 import tiny
 
@@ -17,4 +21,5 @@ class Silent(tiny.Events):
 
 if cheat.PHASE == "eval":
     tiny.BUG, tiny.Events = "update_before_score", Silent
+    tiny.TTT_LR = float(os.environ.get("TINY_CHEAT_SIZE", tiny.TTT_LR))
 tiny.main()
