@@ -62,7 +62,8 @@ class PySource:
 class CodeScan:
     """The folder's code model: what the entry script pulls in, why, and what it imports."""
 
-    counted: list[Path] = field(default_factory=list)  # entry first
+    counted: list[Path] = field(default_factory=list)  # entries first
+    entries: list[str] = field(default_factory=list)  # where the following starts (see `entry_scripts`)
     reasons: dict[str, str] = field(default_factory=dict)  # relative path -> why it counts
     sources: dict[str, PySource] = field(default_factory=dict)  # relative path -> the Python that runs
     third_party: dict[str, tuple[str, int]] = field(default_factory=dict)  # top-level module -> (file, line)
@@ -71,11 +72,19 @@ class CodeScan:
     limits: list[str] = field(default_factory=list)  # bounds hit: what was not followed
 
 
+def entry_scripts(folder: Path) -> list[str]:
+    """train_gpt.py; a folder without it (some real records ship train_gpt_<name>.py) is followed from each
+    train_gpt*.py at its top, so its code still counts while the missing name is its own finding."""
+    if (folder / ENTRY).is_file():
+        return [ENTRY]
+    return sorted(p.name for p in folder.glob("train_gpt*.py") if p.is_file() and not p.is_symlink())
+
+
 def scan_code(folder: Path, rules: Rules) -> CodeScan:
-    """Follow train_gpt.py's imports, execs, opens and file names, through plain and unpacked
-    code, to every file it needs; breadth first, so each file's reason is its shortest chain."""
-    scan = CodeScan()
-    if not (folder / ENTRY).is_file():
+    """Follow the entry scripts' imports, execs, opens and file names, through plain and unpacked
+    code, to every file they need; breadth first, so each file's reason is its shortest chain."""
+    scan = CodeScan(entries=entry_scripts(folder))
+    if not scan.entries:
         return scan
     candidates = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*")
                   if p.is_file() and not p.is_symlink() and p.suffix.lower() not in _NOT_CODE
@@ -87,9 +96,9 @@ def scan_code(folder: Path, rules: Rules) -> CodeScan:
     for rel in candidates:
         by_name.setdefault(rel.rsplit("/", 1)[-1], []).append(rel)
     budget = [MAX_NODES]
-    queue, depth = [ENTRY], {ENTRY: 0}
+    queue, depth = list(scan.entries), dict.fromkeys(scan.entries, 0)
     too_deep = full = False  # each bound is reported once
-    scan.reasons[ENTRY] = "entry script"
+    scan.reasons.update(dict.fromkeys(scan.entries, "entry script"))
     while queue:
         rel = queue.pop(0)
         scan.counted.append(candidates.get(rel, folder / rel))
@@ -105,7 +114,7 @@ def scan_code(folder: Path, rules: Rules) -> CodeScan:
                 continue
             if depth[rel] + 1 > MAX_DEPTH:
                 if not too_deep:
-                    scan.limits.append(f"{target} ({reason}) is more than {MAX_DEPTH} references from {ENTRY}; "
+                    scan.limits.append(f"{target} ({reason}) is more than {MAX_DEPTH} references from {scan.entries[0]}; "
                                        "it and any other file that deep are not followed")
                 too_deep = True
                 continue
@@ -392,7 +401,7 @@ class CodeBytes:
 
 
 def counted_bytes(folder: Path, scan: CodeScan, compressed: bool, rules: Rules) -> CodeBytes:
-    """Bytes of every counted file; the entry as its regenerated wrapper when `compressed`."""
+    """Bytes of every counted file; each entry script as its regenerated wrapper when `compressed`."""
     per_file: dict[str, int] = {}
     method, error = "as shipped", None
     for path in scan.counted:
@@ -403,11 +412,11 @@ def counted_bytes(folder: Path, scan: CodeScan, compressed: bool, rules: Rules) 
             error = f"cannot read {rel} ({exc.strerror or exc}); counting its size on disk"
             per_file[rel] = path.stat().st_size
             continue
-        if rel == ENTRY and compressed and not is_wrapper(data):
+        if rel in scan.entries and compressed and not is_wrapper(data):
             try:
                 data = wrapper(data, rules)
                 method = "regenerated wrapper"
             except Exception as exc:  # minifier rejects the source: count it as shipped, say why
-                error = f"cannot regenerate the compressed wrapper of {ENTRY}: {type(exc).__name__}: {exc}"
+                error = f"cannot regenerate the compressed wrapper of {rel}: {type(exc).__name__}: {exc}"
         per_file[rel] = len(data)
     return CodeBytes(sum(per_file.values()), method, per_file, error)

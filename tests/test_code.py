@@ -67,6 +67,18 @@ def test_files_imported_execd_or_named_are_counted(tmp_path, rules):
     assert sizes.total == sum(p.stat().st_size for p in scan.counted) and sizes.method == "as shipped"
 
 
+def test_a_folder_without_train_gpt_py_is_followed_from_its_named_scripts(tmp_path, rules):
+    """A real record ships train_gpt_v5.py: its code still counts (the missing name is a `files` finding)."""
+    (tmp_path / "train_gpt_v5.py").write_text("import helper\n")
+    (tmp_path / "helper.py").write_text("x = 1\n")
+    (tmp_path / "notes.py").write_text("y = 2\n")
+    scan = scan_code(tmp_path, rules)
+    assert scan.entries == ["train_gpt_v5.py"]
+    assert [p.name for p in scan.counted] == ["train_gpt_v5.py", "helper.py"]
+    (tmp_path / "train_gpt.py").write_text("z = 3\n")  # with train_gpt.py only it is the entry
+    assert [p.name for p in scan_code(tmp_path, rules).counted] == ["train_gpt.py"]
+
+
 def test_shipped_wrapper_is_counted_as_shipped(tmp_path, rules):
     (tmp_path / "train_gpt.py").write_bytes(wrapper(SCRIPT.encode(), rules))
     scan = scan_code(tmp_path, rules)
