@@ -253,6 +253,9 @@ def probe_seed(out: Path, backend: Backend, canaries: int = 2, cuts: int = 1, se
         findings = [Finding("probe", WARN, "probe.unjudged", "the eval phase did not succeed: nothing to probe")]
         _write(out, findings, {}, None)
         return findings
+    if not (out / seedfolder.DATA / "val").is_dir():
+        raise UsageError(f"{out}: no data/val view; `pgolf probe` reruns the eval job of a seed that `pgolf run` "
+                         "or `pgolf rerun` wrote (a compose run's phases read their views from mounts)")
     try:
         tokens = np.concatenate([np.asarray(read_shard(p)) for p in val_shards(out / seedfolder.DATA / "val")])
     except (ShardError, OSError, ValueError) as exc:
