@@ -52,6 +52,8 @@ def test_streams_keep_the_prefix_and_change_at_the_cut():
     assert [s.cut for s in plan(tokens, secret=8, canaries=2, cuts=2)] != [s.cut for s in streams]
     with pytest.raises(UsageError):
         plan(tokens[:5], secret=1, canaries=1, cuts=0)
+    with pytest.raises(UsageError, match="distinct tokens"):
+        plan(np.full(100, BOS, np.uint16), secret=1, canaries=1, cuts=0)
 
 
 def uniform(seen, p):

@@ -81,6 +81,8 @@ def plan(tokens: np.ndarray, secret: int, canaries: int, cuts: int) -> list[Stre
     out = [Stream("control_a", real, seed_a, horizon), Stream("control_b", real, int(rng.integers(1 << 62)), horizon)]
     for k, c in enumerate(canary_at, 1):
         others = np.flatnonzero((tokens != tokens[c]) & (tokens != tokens[0]))
+        if not others.size:
+            raise UsageError("the validation stream has too few distinct tokens to put a canary anywhere")
         other = int(rng.choice(others))
         index = np.concatenate([real[:c], [other], elsewhere(c + 1)])
         out.append(Stream(f"canary_{k}", index, fresh_seed(c), c, c, canary=int(tokens[other])))
