@@ -164,3 +164,20 @@ def test_pgolf_probe_judges_a_finished_run_and_leaves_its_view_as_it_was(tiny_ru
     assert record["facts"]["probe_wall_s"] > 0 and (seed / "probe" / "canary_1" / "eval.log").is_file()
     again = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
     assert again.returncode == 2 and "never overwrites a probe" in again.stderr and len(again.stderr.splitlines()) == 1
+
+
+def test_rerun_probe_probes_each_seed_it_runs(tiny_run, tmp_path):
+    out, env = tiny_run
+    records = tmp_path / "records" / "track_10min_16mb"
+    exported = subprocess.run([sys.executable, "-m", "harness", "export", str(out), "--name", "Tiny", "--dest",
+                               str(records), "-q"], capture_output=True, text=True, timeout=120, env=env)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    (folder,) = records.iterdir()
+    rerun = subprocess.run([sys.executable, "-m", "harness", "rerun", str(folder), "--probe", "--nproc", "1",
+                            "--out", str(tmp_path / "rerun"), "-q"], capture_output=True, text=True, timeout=600, env=env)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    seed = json.loads((tmp_path / "rerun" / "seed_1" / "verdict.json").read_text())
+    assert {f["code"] for f in seed["findings"] if f["check"] == "probe"} >= {"probe.causal", "probe.targets_unread"}
+    legacy = subprocess.run([sys.executable, "-m", "harness", "rerun", str(folder), "--probe", "--legacy",
+                             "--out", str(tmp_path / "legacy"), "-q"], capture_output=True, text=True, timeout=60, env=env)
+    assert legacy.returncode == 2 and "--legacy rerun has none" in legacy.stderr
