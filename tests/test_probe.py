@@ -15,7 +15,7 @@ import pytest
 from harness.client.pgolf_events import audit_positions
 from harness.findings import UsageError
 from harness.run import payload
-from harness.run.probe import MIN_TOLERANCE, Ran, Stream, judge, plan
+from harness.run.probe import MIN_TOLERANCE, Ran, judge, plan
 
 BOS = 1
 
