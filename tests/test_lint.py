@@ -7,8 +7,6 @@ import base64
 import lzma
 import textwrap
 
-import pytest
-
 from harness.findings import FAIL, WARN
 from harness.check.lint import lint_files
 
