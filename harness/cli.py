@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from harness import __version__
-from harness.atomic import write_text_atomic
+from harness.atomic import write_output
 from harness.check.checker import check_folder
 from harness.data.variants import DataError
 from harness.findings import UsageError
@@ -32,9 +32,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     verdict = check_folder(args.folder, rules, profile=args.profile, track_name=args.track,
                            against=args.against).to_dict()
     if args.json:
-        write_text_atomic(args.json, verdict_json(verdict))
+        write_output(args.json, verdict_json(verdict))
     if args.markdown:
-        write_text_atomic(args.markdown, render_markdown(verdict))
+        write_output(args.markdown, render_markdown(verdict))
     if not args.quiet:
         render_terminal(verdict, sys.stdout, verbose=args.verbose)
     return EXIT[verdict["status"]]
@@ -215,7 +215,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     if args.markdown:
-        write_text_atomic(args.markdown, rerun_markdown(verdict))
+        write_output(args.markdown, rerun_markdown(verdict))
     if not args.quiet:
         render_terminal(verdict, sys.stdout, verbose=args.verbose)
         print(f"  rerun folder: {shown(out)} (verdict.json, report.md, report.html)")
@@ -487,6 +487,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name or claim UTF-8 cannot encode is shown escaped, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -24,6 +24,12 @@ import python_minifier
 from harness.rules import Rules
 
 ENTRY = "train_gpt.py"
+# Bounds on the work a folder can demand (the largest record's train_gpt.py is 122 KB): a Python file over
+# MAX_PARSED_BYTES is not parsed (its imports are not followed, which the scan says), and an entry over
+# MAX_MINIFIED_BYTES is counted as shipped instead of through the minifier, which takes ~6 s for 256 KiB,
+# ~55 s for 1 MiB and grows faster than the input.
+MAX_PARSED_BYTES = 1 << 20
+MAX_MINIFIED_BYTES = 256 << 10
 _NOT_CODE = {".md", ".json", ".log", ".txt", ".model", ".bin", ".pt", ".ptz"}
 
 
@@ -66,6 +72,10 @@ def _references(path: Path, rel: str, candidates: dict[str, Path], local_modules
                 scan: CodeScan, rules: Rules):
     """(relative path, reason) of each local file this Python file imports or names."""
     try:
+        size = path.stat().st_size
+        if size > MAX_PARSED_BYTES:
+            scan.unparsed[rel] = f"is {size:,} bytes, over the {MAX_PARSED_BYTES:,} bytes pgolf parses"
+            return
         tree = ast.parse(path.read_bytes().decode("utf-8", errors="replace"))
     except SyntaxError as exc:
         scan.unparsed[rel] = f"does not parse as Python (line {exc.lineno}: {exc.msg})"
@@ -136,7 +146,10 @@ def counted_bytes(folder: Path, scan: CodeScan, compressed: bool, rules: Rules) 
             error = f"cannot read {rel} ({exc.strerror or exc}); counting its size on disk"
             per_file[rel] = path.stat().st_size
             continue
-        if rel == ENTRY and compressed and not is_wrapper(data):
+        if rel == ENTRY and compressed and not is_wrapper(data) and len(data) > MAX_MINIFIED_BYTES:
+            error = (f"{ENTRY} is {len(data):,} bytes, over the {MAX_MINIFIED_BYTES:,} bytes pgolf minifies; "
+                     "counting it as shipped")
+        elif rel == ENTRY and compressed and not is_wrapper(data):
             try:
                 data = wrapper(data, rules)
                 method = "regenerated wrapper"
