@@ -101,6 +101,14 @@ def _load_seeds(run: Path, force: bool) -> dict[int, dict[str, Any]]:
     if missing:
         raise UsageError(f"seed {missing[0]} of {run} has no harness-computed val_bpb (its eval did not finish); "
                          "nothing to export for it")
+    for seed, verdict in seeds.items():
+        facts = seedfolder.seed_facts(verdict, seed)
+        lacking = [k for k in ("val_loss", "model_bytes") if facts.get(k) is None]
+        lacking += [] if seedfolder.train_seconds(facts) is not None else ["train_marked_s or train_wall_s"]
+        lacking += [] if seedfolder.eval_seconds(facts) is not None else ["eval_marked_s or eval_wall_s"]
+        if lacking:
+            raise UsageError(f"{seedfolder.seed_folder(run, seed) / seedfolder.VERDICT}: $.seeds.{seed} has no "
+                             f"{', '.join(lacking)}; not a finished run to export")
     return seeds
 
 

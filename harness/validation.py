@@ -24,7 +24,7 @@ def load_schema(name: str) -> dict[str, Any]:
 
 @cache
 def _registry() -> Registry:
-    names = ("submission", "verdict", "rules", "protocol", "data_variants")
+    names = ("submission", "verdict", "rules", "protocol", "data_variants", "phase_record")
     return Registry().with_resources(
         (load_schema(n)["$id"], Resource.from_contents(load_schema(n))) for n in names
     )

@@ -328,6 +328,40 @@ def claims(real_run: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def real_rerun(real_run) -> Path:
+    """A finished `pgolf rerun` of the run's own export: the folder (rerun.json, seed_1/) --resume reads."""
+    out = real_run.parent / "rerun"
+    done = subprocess.run([sys.executable, "-m", "harness", "rerun", claims(real_run), "--out", out, "--nproc", "1",
+                           "-q"], capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "TINY_STEPS": "5"})
+    assert done.returncode in (0, 1) and (out / "seed_1" / "verdict.json").is_file(), done.stderr[-2000:]
+    return out
+
+
+@examples(25)
+@given(data=st.data(), how=st.sampled_from(["delete", "replace", "whole", "extra"]))
+def test_mutated_rerun_plan(real_run, real_rerun, data, how):
+    """rerun --resume on a rerun folder whose rerun.json was edited: refused naming what changed, or (an edit
+    that leaves the options as they were) judged again without running the finished seed."""
+    with workspace() as tmp:
+        out = tmp / "rerun"
+        shutil.copytree(real_rerun, out, symlinks=True)
+        plan = json.loads((out / "rerun.json").read_text("utf-8"))
+        key = data.draw(st.sampled_from(sorted(plan)))
+        if how == "delete":
+            del plan[key]
+        elif how == "replace":
+            plan[key] = _mutations(data)
+        elif how == "extra":
+            plan[data.draw(st.sampled_from(TEXTS))] = _mutations(data)
+        else:
+            plan = _mutations(data)
+        (out / "rerun.json").write_text(json.dumps(plan), "utf-8")
+        check_case("run_records", ["rerun", claims(real_run), "--out", out, "--resume", "--nproc", "1", "-q"], tmp,
+                   (out / "verdict.json",))
+
+
 # --- outputs --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag", ["--json", "--markdown"])
