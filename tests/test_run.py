@@ -114,7 +114,7 @@ def test_phase_past_its_hard_limit_is_stopped_and_named(broken, tmp_path, monkey
 def test_existing_run_folder_is_never_overwritten(tmp_path):
     (tmp_path / "seed_1").mkdir()
     with pytest.raises(UsageError, match="already exists"):
-        run_seed(spec(tmp_path, submission=broken), _rules())
+        run_seed(spec(tmp_path), _rules())
 
 
 def _rules():
