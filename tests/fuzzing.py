@@ -101,6 +101,8 @@ def run_case(argv: list[str], cwd: Path) -> Outcome:
                 sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
                 sys.stdin = open(os.devnull)
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+                # the same recursion headroom as `pgolf` started from a shell, not less by pytest's own frames
+                sys.setrecursionlimit(sys.getrecursionlimit() + len(traceback.extract_stack()))
                 signal.signal(signal.SIGALRM, signal.SIG_DFL)
                 signal.alarm(TIME_CAP_S)
                 os.chdir(cwd)

@@ -64,16 +64,39 @@ def judge_record(family: str, folder: Path, tmp: Path, *extra: str) -> None:
 # --- recursion and memory in the walks ---------------------------------------------------------------
 
 @examples(12)
-@given(record=st.sampled_from(RECORDS), depth=st.integers(50, 4000), where=st.sampled_from(["code", "json"]))
+@given(record=st.sampled_from(RECORDS), depth=st.one_of(st.integers(50, 4000), st.integers(970, 999)),
+       where=st.sampled_from(["code", "json", "json_value"]))
 def test_deep_nesting(record, depth, where):
+    """Deep expressions in the code; deep JSON as the document, and as one value of a real submission.json
+    (which parses, and then reaches the schema validator's recursion)."""
     with workspace() as tmp:
         folder = copy_record(record, tmp)
         if where == "code":
             with open(folder / "train_gpt.py", "a", encoding="utf-8") as handle:
                 handle.write("\n" + deep_expression(depth))
-        else:
+        elif where == "json":
             (folder / "submission.json").write_text(deep_json(depth), "utf-8")
+        else:
+            deep_value(folder / "submission.json", depth)
         judge_record("recursion", folder, tmp)
+
+
+def deep_value(path: Path, depth: int) -> None:
+    """submission.json with its `compliance` object (which the historic profile's schema walks into) nested
+    `depth` levels deep."""
+    data = json.loads(path.read_text("utf-8"))
+    data["compliance"] = PLACEHOLDER
+    path.write_text(json.dumps(data).replace(f'"{PLACEHOLDER}"', deep_json(depth)), "utf-8")
+
+
+def test_json_values_nested_just_under_the_parser_s_limit():
+    """A value nested 970-999 levels parses (json stops near 1,000) and then met the schema validator's
+    recursion, which ends ~20 levels sooner: every depth of that window, each one case."""
+    with workspace() as tmp:
+        for depth in range(970, 1000):
+            folder = copy_record(RECORDS[2], tmp / str(depth))
+            deep_value(folder / "submission.json", depth)
+            check_case("recursion", ["check", folder, "-q"], tmp)
 
 
 @pytest.mark.parametrize("case", ["symlink_loop", "self_link", "huge_script", "huge_literal", "deep_imports"])
