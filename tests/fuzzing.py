@@ -161,3 +161,21 @@ def deep_json(depth: int) -> str:
 def deep_expression(depth: int) -> str:
     """A Python expression nested `depth` levels: ((((...1...)))) and 1+1+...+1."""
     return f"x = {'(' * depth}1{')' * depth}\ny = {'+'.join(['1'] * depth)}\n"
+
+
+def summary(tally_path: Path) -> str:
+    """The per-family table of a tally: inputs, clean, problems."""
+    rows: dict[str, list[int]] = {}
+    for line in tally_path.read_text("utf-8").splitlines():
+        case = json.loads(line)
+        counts = rows.setdefault(case["family"], [0, 0])
+        counts[0] += 1
+        counts[1] += case["problem"] is None
+    lines = ["| family | inputs | clean | problems |", "|---|---|---|---|"]
+    lines += [f"| {family} | {n:,} | {clean:,} | {n - clean:,} |" for family, (n, clean) in sorted(rows.items())]
+    total, clean = sum(n for n, _ in rows.values()), sum(c for _, c in rows.values())
+    return "\n".join([*lines, f"| all | {total:,} | {clean:,} | {total - clean:,} |"])
+
+
+if __name__ == "__main__":  # python tests/fuzzing.py TALLY: the table docs/fuzzing.md records
+    print(summary(Path(sys.argv[1])))
