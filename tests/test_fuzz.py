@@ -309,9 +309,10 @@ RECORD_FILES = ["phase_train.json", "phase_eval.json", "verdict.json", "run_id"]
 
 @examples(40)
 @given(data=st.data(), file=st.sampled_from(RECORD_FILES), how=st.sampled_from(["delete", "replace", "whole"]),
-       command=st.sampled_from(["verify", "export", "merge"]))
+       command=st.sampled_from(["verify", "export", "merge", "phase_eval"]))
 def test_mutated_run_records(real_run, data, file, how, command):
-    """verify, export and rerun --merge on a real run whose phase records, verdict or run id were edited:
+    """verify, export, rerun --merge and phase eval (refused: the seed holds an eval phase, after its train
+    record was read) on a real run whose phase records, verdict or run id were edited:
     a missing or mistyped field (older runs lack code_digest and artifact_digest) is a one-line error."""
     with workspace() as tmp:
         run = tmp / "run"
@@ -333,6 +334,9 @@ def test_mutated_run_records(real_run, data, file, how, command):
             path.write_text(json.dumps(document), "utf-8")
         if command == "verify":
             check_case("run_records", ["verify", run / "seed_1", "-q"], tmp, (run / "seed_1" / "verdict.json",))
+        elif command == "phase_eval":
+            (tmp / "val").mkdir()
+            check_case("run_records", ["phase", "eval", "--data", tmp / "val", "--out", run / "seed_1", "-q"], tmp)
         elif command == "export":
             check_case("run_records", ["export", run, "--name", "Fuzz", "--date", "2026-05-01", "--dest",
                                        tmp / "records" / "track_non_record_16mb", "-q"], tmp)
