@@ -428,9 +428,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--author", help="submission.json author (default: a placeholder to fill in)")
     export.add_argument("--github-id", help="submission.json github_id (default: a placeholder to fill in)")
     export.add_argument("--date", help="YYYY-MM-DD (default: today)")
-    export.add_argument("--dest", type=Path, help="parent folder (default: records/<the run's track>, records/track_local "
-                        "for a run off that track's world size); a track "
-                        "folder's name sets the track")
+    export.add_argument("--dest", type=Path, help="parent folder (default: records/<the run's track>, or "
+                        "records/track_local for a run off that track's world size); a track folder's name sets "
+                        "the track")
     export.add_argument("--force", action="store_true", help="export even when the run's verdict is FAIL")
     export.set_defaults(handler=cmd_export)
 

@@ -100,7 +100,8 @@ def load(folder: Path) -> tuple[dict[str, Any] | None, list[Finding]]:
     if not text.strip():
         return None, [Finding("json", FAIL, "json.empty", f"{FILE} is empty; expected a JSON object", where)]
     try:
-        data = json.loads(text, parse_float=_finite, parse_int=_integer, parse_constant=_not_a_number, object_pairs_hook=_reject_duplicates)
+        data = json.loads(text, parse_float=_finite, parse_int=_integer, parse_constant=_not_a_number,
+                          object_pairs_hook=_reject_duplicates)
     except json.JSONDecodeError as exc:
         return None, [Finding("json", FAIL, "json.malformed",
                               f"{FILE} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
@@ -171,8 +172,8 @@ def claims(data: dict[str, Any]) -> Claims:
     if isinstance(seeds, list) and isinstance(results, dict):
         out.listed_vs_results = (sorted(s for s in seeds if isinstance(s, int)), sorted(results, key=_seed_order))
     if isinstance(seeds, list):
-        out.seeds = [s for s in seeds if isinstance(s, int) and not isinstance(s, bool) and s >= 0]  # the schema
-        # flags the others; a seed the verdict cannot hold must not become a per-seed finding
+        # a negative seed is the schema's finding; as a per-seed finding it would break the verdict's schema
+        out.seeds = [s for s in seeds if isinstance(s, int) and not isinstance(s, bool) and s >= 0]
         out.seeds_path = "$.seeds"
     elif isinstance(data.get("seed"), int) and not isinstance(data["seed"], bool) and data["seed"] >= 0:
         out.seeds, out.seeds_path = [data["seed"]], "$.seed"
