@@ -286,9 +286,9 @@ def real_run(tmp_path_factory) -> Path:
     return out
 
 
-def _mutations(draw_data):
+def _hostile_value(data):
     """A JSON value that replaces what was there: missing, another type, hostile numbers and text."""
-    return draw_data.draw(st.one_of(
+    return data.draw(st.one_of(
         st.just(None), st.booleans(), st.integers(-2, 10 ** 40), st.floats(allow_nan=True, allow_infinity=True),
         st.sampled_from(TEXTS), st.just([]), st.just({}), st.lists(st.integers(-1, 3), max_size=3),
         st.dictionaries(st.sampled_from(["a", "1", "code", "seed"]), st.integers(), max_size=2)))
@@ -319,7 +319,7 @@ def test_mutated_run_records(real_run, data, file, how, command):
         shutil.copytree(real_run, run, symlinks=True)
         path = run / "seed_1" / file
         if file == "run_id" or how == "whole":
-            path.write_text(json.dumps(_mutations(data)) if file != "run_id" else data.draw(st.sampled_from(TEXTS)),
+            path.write_text(json.dumps(_hostile_value(data)) if file != "run_id" else data.draw(st.sampled_from(TEXTS)),
                             "utf-8")
         else:
             document = json.loads(path.read_text("utf-8"))
@@ -330,7 +330,7 @@ def test_mutated_run_records(real_run, data, file, how, command):
             if how == "delete":
                 del parent[where[-1]]
             else:
-                parent[where[-1]] = _mutations(data)
+                parent[where[-1]] = _hostile_value(data)
             path.write_text(json.dumps(document), "utf-8")
         if command == "verify":
             check_case("run_records", ["verify", run / "seed_1", "-q"], tmp, (run / "seed_1" / "verdict.json",))
@@ -379,11 +379,11 @@ def test_mutated_rerun_plan(real_run, real_rerun, data, how):
         if how == "delete":
             del plan[key]
         elif how == "replace":
-            plan[key] = _mutations(data)
+            plan[key] = _hostile_value(data)
         elif how == "extra":
-            plan[data.draw(st.sampled_from(TEXTS))] = _mutations(data)
+            plan[data.draw(st.sampled_from(TEXTS))] = _hostile_value(data)
         else:
-            plan = _mutations(data)
+            plan = _hostile_value(data)
         (out / "rerun.json").write_text(json.dumps(plan), "utf-8")
         check_case("run_records", ["rerun", claims(real_run), "--out", out, "--resume", "--nproc", "1", "-q"], tmp,
                    (out / "verdict.json",))
