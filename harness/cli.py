@@ -160,6 +160,8 @@ def cmd_phase_train(args: argparse.Namespace) -> int:
     rules.track(args.track)  # an unknown track stops here
     _folders((args.submission, "submission folder"), (args.data, "data folder"))
     _nproc(args.nproc)
+    if args.seed < 0:  # refused here, not written into a record no verdict can hold
+        raise UsageError(f"--seed {args.seed}: expected a non-negative integer")
     out = args.out.resolve()
     phase = PhaseSpec(out, args.data.resolve(), (args.artifact or out / ARTIFACT).resolve(),
                       _limit(args, rules, args.track, "train"), rules.phase_clock["grace_s"], echo=not args.quiet)
