@@ -461,12 +461,13 @@ def test_arguments(real_run, data, command):
     (["rerun", "FOLDER", "--train-limit", "nan"], "--train-limit"),
     (["export", "RUN", "--name", "X", "--date", "20260101"], "--date"),
     (["run", "--seeds", "1,,2"], "--seeds"),
+    (["phase", "train", "--submission", "FOLDER", "--data", "FOLDER", "--seed", "-1"], "--seed"),
 ])
 def test_bad_arguments_are_refused_naming_the_option(real_run, argv, blamed):
     with workspace() as tmp:
         folder = copy_record(RECORDS[2], tmp)
         argv = [folder if a == "FOLDER" else real_run if a == "RUN" else a for a in argv]
-        argv += ["--out", tmp / "out"] if argv[0] in ("run", "rerun") else ["--dest", tmp / "records"]
+        argv += ["--out", tmp / "out"] if argv[0] in ("run", "rerun", "phase") else ["--dest", tmp / "records"]
         outcome = check_case("arguments", argv, tmp)
         assert outcome.rc == 2 and blamed in outcome.stderr, outcome.stderr
 
