@@ -49,7 +49,8 @@ class Outcome:
         elif self.rc not in (0, 1, 2):
             found.append(f"exit {self.rc}")
         if "Traceback" in self.stderr or "Traceback" in self.stdout:
-            found.append("traceback: " + self.stderr.strip().splitlines()[-1][:300] if self.stderr.strip() else "traceback")
+            last = self.stderr.strip().splitlines()[-1][:300] if self.stderr.strip() else ""
+            found.append(f"traceback: {last}")
         if self.rc == 2 and not _usage_error(self.stderr):
             found.append(f"exit 2 without a one-line error: {self.stderr[-300:]!r}")
         if self.seconds > SLOW_S:

@@ -279,9 +279,9 @@ def test_special_files(target):
 def real_run(tmp_path_factory) -> Path:
     """One finished seed of examples/tiny (5 steps, 1 rank): the run folder verify, export and rerun read."""
     out = tmp_path_factory.mktemp("fuzz_run") / "run"
-    done = subprocess.run([sys.executable, "-m", "harness", "run", "--submission", TINY_EXAMPLE, "--out", out, "--seeds",
-                           "1", "--nproc", "1", "-q"], capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env={**os.environ, "TINY_STEPS": "5"})
+    done = subprocess.run([sys.executable, "-m", "harness", "run", "--submission", TINY_EXAMPLE, "--out", out,
+                           "--seeds", "1", "--nproc", "1", "-q"], capture_output=True, text=True, timeout=600,
+                          cwd=REPO, env={**os.environ, "TINY_STEPS": "5"})
     assert done.returncode in (0, 1), run_failures(out) + done.stderr[-2000:]
     return out
 
@@ -414,7 +414,8 @@ VALUES = ["0", "-1", "nan", "inf", "-inf", "1e400", "1" * 40, "", " ", "abc", "\
           "2026-13-01", "2026-02-30", "../x", "/dev/null", "/dev/zero", "--", "-q", "0.0", "1e-9", "1.5"]
 # the values `pgolf run` may rightly accept for an option (each other one must be refused before a job starts)
 ACCEPTED = {"--seeds": {"0", "1" * 40, "20260101"}, "--nproc": {"1" * 40, "20260101"},
-            "--train-limit": {"1" * 40, "20260101", "1e-9", "1.5"}, "--eval-limit": {"1" * 40, "20260101", "1e-9", "1.5"}}
+            "--train-limit": {"1" * 40, "20260101", "1e-9", "1.5"},
+            "--eval-limit": {"1" * 40, "20260101", "1e-9", "1.5"}}
 COMMANDS = {
     "check": ["--profile", "--track", "--against", "--json", "--markdown", "--rules"],
     "run": ["--seeds", "--nproc", "--data", "--tokenizer", "--track", "--train-limit", "--eval-limit", "--submission",

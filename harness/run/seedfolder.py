@@ -84,8 +84,8 @@ def read_record(out: Path, phase: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     record = read_json(path, "phase record")
-    shape = "train" if phase == "train" else "eval_skipped" if isinstance(record, dict) and record.get("skipped") is True \
-        else "eval"
+    skipped = isinstance(record, dict) and record.get("skipped") is True
+    shape = "train" if phase == "train" else "eval_skipped" if skipped else "eval"
     problem = next(errors(f"urn:pgolf:phase_record#/$defs/{shape}", record), None)
     if problem is not None:
         raise UsageError(f"{path}: not a {phase} phase record as pgolf writes it: {problem}")
