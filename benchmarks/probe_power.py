@@ -20,12 +20,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = REPO / "tests" / "attack_cases"
+sys.path.insert(0, str(REPO / "tests"))
+from tiny_variants import broken_source  # noqa: E402
 
 
 def one(case: str, size: str, work: Path) -> dict:
     folder = work / f"{case}_{size}"
     shutil.copytree(CASES / case, folder / "sub", ignore=shutil.ignore_patterns("expect.json", "__pycache__"))
-    shutil.copy(REPO / "examples" / "tiny" / "train_gpt.py", folder / "sub" / "tiny.py")
+    (folder / "sub" / "tiny.py").write_text(broken_source())  # the cheats use its TINY_BUG hooks
     shutil.copy(CASES / "cheat.py", folder / "sub" / "cheat.py")
     if not (folder / "sub" / "train_gpt.py").exists():  # the honest case runs tiny itself
         shutil.copy(REPO / "examples" / "tiny" / "train_gpt.py", folder / "sub" / "train_gpt.py")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from harness import __version__
-from harness.atomic import write_text_atomic
+from harness.atomic import write_output
 from harness.check.checker import check_folder
 from harness.data.variants import DataError
 from harness.findings import UsageError
@@ -32,9 +32,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     verdict = check_folder(args.folder, rules, profile=args.profile, track_name=args.track,
                            against=args.against).to_dict()
     if args.json:
-        write_text_atomic(args.json, verdict_json(verdict))
+        write_output(args.json, verdict_json(verdict))
     if args.markdown:
-        write_text_atomic(args.markdown, render_markdown(verdict))
+        write_output(args.markdown, render_markdown(verdict))
     if not args.quiet:
         render_terminal(verdict, sys.stdout, verbose=args.verbose)
     return EXIT[verdict["status"]]
@@ -165,6 +165,8 @@ def cmd_phase_train(args: argparse.Namespace) -> int:
     rules.track(args.track)  # an unknown track stops here
     _folders((args.submission, "submission folder"), (args.data, "data folder"))
     _nproc(args.nproc)
+    if args.seed < 0:  # refused here, not written into a record no verdict can hold
+        raise UsageError(f"--seed {args.seed}: expected a non-negative integer")
     out = args.out.resolve()
     phase = PhaseSpec(out, args.data.resolve(), (args.artifact or out / ARTIFACT).resolve(),
                       _limit(args, rules, args.track, "train"), rules.phase_clock["grace_s"], echo=not args.quiet)
@@ -247,7 +249,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     if args.markdown:
-        write_text_atomic(args.markdown, rerun_markdown(verdict))
+        write_output(args.markdown, rerun_markdown(verdict))
     if not args.quiet:
         render_terminal(verdict, sys.stdout, verbose=args.verbose)
         print(f"  rerun folder: {shown(out)} (verdict.json, report.md, report.html)")
@@ -480,8 +482,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--author", help="submission.json author (default: a placeholder to fill in)")
     export.add_argument("--github-id", help="submission.json github_id (default: a placeholder to fill in)")
     export.add_argument("--date", help="YYYY-MM-DD (default: today)")
-    export.add_argument("--dest", type=Path, help="parent folder (default: records/<the run's track>); a track "
-                        "folder's name sets the track")
+    export.add_argument("--dest", type=Path, help="parent folder (default: records/<the run's track>, or "
+                        "records/track_local for a run off that track's world size); a track folder's name sets "
+                        "the track")
     export.add_argument("--force", action="store_true", help="export even when the run's verdict is FAIL")
     export.set_defaults(handler=cmd_export)
 
@@ -539,6 +542,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name or claim UTF-8 cannot encode is shown escaped, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -32,6 +32,7 @@ from harness.run import payload, seedfolder
 from harness.validation import load_schema
 
 SCORE_LABEL = "final_pgolf_roundtrip_exact"
+LOCAL_TRACK = "track_local"  # rules.yaml: where a run off the record track's hardware is filed
 PLACEHOLDER_AUTHOR, PLACEHOLDER_ID = "FILL IN", "FILL-IN"
 _OWN_FILES = {"README.md", "submission.json"}  # written here, never copied from the code folder
 
@@ -51,7 +52,7 @@ def export_run(run: Path, name: str, rules: Rules, *, dest: Path | None = None, 
         raise UsageError(f"--name {name!r}: use letters, digits and . _ + - (no spaces), e.g. SP8192_LegalTTT")
     seeds = _load_seeds(run, force)
     first = next(iter(seeds.values()))
-    track = dest.name if dest is not None and dest.name in rules.tracks else first["track"]
+    track = dest.name if dest is not None and dest.name in rules.tracks else _export_track(first, rules)
     dest = dest if dest is not None else Path("records") / track
     final = dest / f"{date}_{name}"
     if final.exists():
@@ -79,6 +80,15 @@ def export_run(run: Path, name: str, rules: Rules, *, dest: Path | None = None, 
     return final
 
 
+def _export_track(verdict: dict[str, Any], rules: Rules) -> str:
+    """The run's own track when it ran with that track's world size; else the local track, whose rules judge
+    the same artifact and time limits but no hardware (the world size is all a run records of its hardware)."""
+    track = rules.track(verdict["track"])
+    if track.hardware and verdict.get("nproc") != track.hardware["gpus"]:
+        return LOCAL_TRACK
+    return track.name
+
+
 def _load_seeds(run: Path, force: bool) -> dict[int, dict[str, Any]]:
     """seed -> verdict.json of every seed_<s>/ in the run, refusing legacy runs and (unless forced) failures."""
     if not run.is_dir():
@@ -101,6 +111,14 @@ def _load_seeds(run: Path, force: bool) -> dict[int, dict[str, Any]]:
     if missing:
         raise UsageError(f"seed {missing[0]} of {run} has no harness-computed val_bpb (its eval did not finish); "
                          "nothing to export for it")
+    for seed, verdict in seeds.items():
+        facts = seedfolder.seed_facts(verdict, seed)
+        lacking = [k for k in ("val_loss", "model_bytes") if facts.get(k) is None]
+        lacking += [] if seedfolder.train_seconds(facts) is not None else ["train_marked_s or train_wall_s"]
+        lacking += [] if seedfolder.eval_seconds(facts) is not None else ["eval_marked_s or eval_wall_s"]
+        if lacking:
+            raise UsageError(f"{seedfolder.seed_folder(run, seed) / seedfolder.VERDICT}: $.seeds.{seed} has no "
+                             f"{', '.join(lacking)}; not a finished run to export")
     return seeds
 
 

@@ -264,11 +264,14 @@ def loss_curve(path: Path) -> list[tuple[int, float]]:
         found = _LOSS_LINE.match(line)
         if not found:
             continue
-        step = int(found[1])
+        step, loss = found[1], float(found[2])
+        if len(step) > 15 or not math.isfinite(loss):
+            continue  # no real run counts 10^15 steps; a loss past float's range: no point a plot can place
+        step = int(step)
         if points and step < points[-1][0]:
             points = []  # the step count went back: a later run in the same log starts here
         if not points or step > points[-1][0]:
-            points.append((step, float(found[2])))
+            points.append((step, loss))
     stride = math.ceil(len(points) / MAX_CURVE_POINTS) if points else 1
     return points[::-1][::stride][::-1]  # counted from the end, so the last step is always kept
 

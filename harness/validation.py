@@ -24,7 +24,7 @@ def load_schema(name: str) -> dict[str, Any]:
 
 @cache
 def _registry() -> Registry:
-    names = ("submission", "verdict", "rules", "protocol", "data_variants")
+    names = ("submission", "verdict", "rules", "protocol", "data_variants", "phase_record")
     return Registry().with_resources(
         (load_schema(n)["$id"], Resource.from_contents(load_schema(n))) for n in names
     )
@@ -77,8 +77,26 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+MAX_DEPTH = 100  # nesting levels a validated document may have (submission.json needs 4, rules.yaml 5)
+
+
+def too_deep(instance: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when lists and objects nest more than `limit` levels: walked without recursion, since the
+    validator's own recursion would end in RecursionError on a document nested ~1,000 levels."""
+    level: list[Any] = [instance]
+    for _ in range(limit + 1):
+        level = [child for node in level
+                 for child in (node.values() if isinstance(node, dict) else node if isinstance(node, list) else ())]
+        if not level:
+            return False
+    return True
+
+
 def errors(ref: str, instance: Any) -> Iterator[str]:
     """Every violation of schema `ref` by `instance`, one readable line each, in path order."""
+    if too_deep(instance):
+        yield f"$: nested more than {MAX_DEPTH} levels deep; not a document pgolf reads"
+        return
     found = sorted(validator(ref).iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
     for error in found:
         # anyOf/oneOf: the branch errors say more than "is not valid under any of the given schemas"

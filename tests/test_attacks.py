@@ -32,9 +32,10 @@ import pytest
 import yaml
 
 from harness.paths import REPO
+from tiny_variants import broken_source
 
 CASES = Path(__file__).parent / "attack_cases"
-TINY = REPO / "examples" / "tiny" / "train_gpt.py"
+TINY = broken_source()  # examples/tiny with its TINY_BUG switches (two cases set tiny.BUG)
 IMAGE = os.environ.get("PGOLF_ATTACK_IMAGE", "pgolf:cpu")
 BACKENDS = ("native", "container")
 
@@ -74,10 +75,10 @@ def submission(case: str, dest: Path, expect: dict) -> Path:
     folder = CASES / case
     if not (folder / "train_gpt.py").exists():
         dest.mkdir()
-        shutil.copy(TINY, dest / "train_gpt.py")
+        (dest / "train_gpt.py").write_text(TINY, "utf-8")
         return dest
     shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("expect.json", "__pycache__"))
-    shutil.copy(TINY, dest / "tiny.py")
+    (dest / "tiny.py").write_text(TINY, "utf-8")
     shutil.copy(CASES / "cheat.py", dest / "cheat.py")
     for name, size in expect.get("ship", {}).items():
         (dest / name).write_bytes(random.Random(name).randbytes(size))  # incompressible, like weights

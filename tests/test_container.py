@@ -23,6 +23,7 @@ import yaml
 
 from harness.data.views import make_views, sync_view
 from harness.findings import UsageError
+from tiny_variants import stage_broken_tiny
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "data" / "demo"
@@ -249,8 +250,7 @@ def test_demo_runs_three_phases_in_three_containers_and_passes(project):
 
 
 def test_planted_violation_fails_verify_and_a_planted_network_call_in_eval_is_refused(project, tmp_path):
-    submission = tmp_path / "submission"
-    shutil.copytree(REPO / "examples" / "tiny", submission)
+    submission = stage_broken_tiny(tmp_path / "submission")
     script = submission / "train_gpt.py"
     script.write_text(PLANTED_CALL + script.read_text("utf-8"))
     # one rank and few steps: this run is about the verdict, not the model (CI time on 2 cores)

@@ -34,6 +34,7 @@ from harness.run.container import Container
 from harness.run.judge import verify
 from harness.run.phases import PhaseSpec, eval_phase, train_phase
 from harness.run.seed import RunSpec, run_seed
+from tiny_variants import stage_broken_tiny
 
 IMAGE = "pgolf:cpu"
 TINY = REPO / "examples" / "tiny"
@@ -145,14 +146,16 @@ def test_demo_passes_in_containers_and_scores_what_the_native_runner_scores(engi
 
 @pytest.fixture(scope="module")
 def trained(engine, tmp_path_factory):
-    """One train phase in a container (5 steps), shared by the eval tests below."""
+    """One train phase in a container (5 steps) of examples/tiny's broken variant (TINY_BUG unset: it trains as the
+    example), shared by the eval tests below, which switch its violations on."""
     seed_dir = tmp_path_factory.mktemp("trained") / "seed_1"
+    broken = stage_broken_tiny(seed_dir.parent / "broken")
     train_view, val_view = _views(seed_dir)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINY_STEPS", "5")
         record = train_phase(PhaseSpec(seed_dir, train_view, seed_dir / "artifact", 300, 2, echo=False,
                                        hide=((DEMO_DATASET, _names(val_view)), (val_view, _names(val_view))),
-                                       backend=Container(IMAGE)), TINY, 1, 2, TRACK, RULES)
+                                       backend=Container(IMAGE)), broken, 1, 2, TRACK, RULES)
     assert record["process"]["returncode"] == 0, (seed_dir / "train.log").read_text()[-3000:]
     return seed_dir
 

@@ -16,6 +16,7 @@ from harness.paths import REPO
 from harness.client import CLIENT_FILE
 from harness.export import export_run
 from harness.rules import load_rules
+from tiny_variants import stage_broken_tiny
 
 
 def pgolf(*args, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -36,7 +37,9 @@ def run(tmp_path_factory) -> Path:
 def failed_run(tmp_path_factory) -> Path:
     """A run whose eval breaks C2 (unnormalised audit rows) but still yields a harness val_bpb."""
     out = tmp_path_factory.mktemp("export_fail") / "run"
-    done = pgolf("run", "--out", out, "-q", "--nproc", "1", env={"TINY_STEPS": "5", "TINY_BUG": "unnormalized"})
+    broken = stage_broken_tiny(tmp_path_factory.mktemp("tiny") / "broken")
+    done = pgolf("run", "--submission", broken, "--out", out, "-q", "--nproc", "1",
+                 env={"TINY_STEPS": "5", "TINY_BUG": "unnormalized"})
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     return out
 
@@ -75,6 +78,37 @@ def test_export_passes_strict_check_with_the_run_s_numbers(run, tmp_path):
     assert "\n[eval] final_tiny_ttt val_loss:" in log  # the submission's own line is kept, but never as evidence
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "pgolf_events.py", "submission.json",
                                                         "train_gpt.py", "train_seed1.log", "train_seed2.log"]
+
+
+def test_the_readme_flow_run_export_check_passes(run, tmp_path):
+    """README, word for word: `pgolf run` (the demo: examples/tiny, 2 gloo ranks), `pgolf export RUN --name X`
+    with no --dest, then `pgolf check` on the folder it names. The run is off the record track's 8 GPUs, so
+    export files it under track_local, whose rules judge the same limits and no hardware; and the tiny
+    example ships no planted bug for lint to read as its code."""
+    done = subprocess.run([sys.executable, "-m", "harness", "export", str(run), "--name", "Demo"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    named = done.stdout.split("records folder: ")[1].split()[0]
+    folder = tmp_path / named
+    assert folder.parent == tmp_path / "records" / "track_local" and folder.is_dir()
+    checked = subprocess.run([sys.executable, "-m", "harness", "check", named, "--json", "check.json"],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    verdict = json.loads((tmp_path / "check.json").read_text())
+    assert verdict["track"] == "track_local"
+    assert not [f for f in verdict["findings"] if f["status"] == "fail" or f["check"] in ("lint", "hardware")
+                and f["status"] == "warn"], verdict["findings"]
+    assert json.loads((folder / "submission.json").read_text())["track"] == "local"
+
+
+def test_a_record_track_dest_still_judges_the_world_size(run, tmp_path):
+    """--dest records/track_10min_16mb keeps the record track's rules: the 2-rank demo fails them, and the
+    finding says where such a run belongs."""
+    dest = tmp_path / "records" / "track_10min_16mb"
+    assert export(run, dest).returncode == 0
+    checked = pgolf("check", dest / "2026-05-01_TinyExport")
+    assert checked.returncode == 1 and "world_size 2; the track_10min_16mb track runs on 8 GPUs" in checked.stdout
+    assert "belongs in track_local" in checked.stdout
 
 
 def test_export_never_overwrites(run, tmp_path):

@@ -1,6 +1,6 @@
 """`pgolf run` end to end: real torchrun jobs (2 gloo ranks) of the tiny example on the demo data.
 
-Each broken variant of the example (TINY_BUG) must produce its own specific FAIL.
+Each broken variant of the example (TINY_BUG, staged by tests/tiny_variants.py) must produce its own specific FAIL.
 """
 from __future__ import annotations
 
@@ -12,10 +12,17 @@ from pathlib import Path
 import pytest
 
 from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, REPO
+from tiny_variants import stage_broken_tiny
 from harness.findings import UsageError
 from harness.run.seed import RunSpec, run_seed
 
 TINY = REPO / "examples" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory) -> Path:
+    """examples/tiny with its TINY_BUG switches."""
+    return stage_broken_tiny(tmp_path_factory.mktemp("tiny") / "broken")
 
 
 def spec(tmp_path: Path, **overrides) -> RunSpec:
@@ -59,45 +66,45 @@ def test_cli_run_on_the_demo_passes_and_the_harness_bpb_matches(tmp_path):
     ("crash", "phase.crashed"),
     ("network", "isolation.network_attempt"),
 ])
-def test_broken_eval_variants_fail_specifically(tmp_path, monkeypatch, bug, code):
+def test_broken_eval_variants_fail_specifically(broken, tmp_path, monkeypatch, bug, code):
     monkeypatch.setenv("TINY_BUG", bug)
     monkeypatch.setenv("TINY_STEPS", "5")
-    verdict = run_seed(spec(tmp_path), _rules())
+    verdict = run_seed(spec(tmp_path, submission=broken), _rules())
     assert verdict.status == "fail" and statuses(verdict)[code] == "fail", statuses(verdict)
 
 
-def test_slot_is_not_reported_as_plain_update_before_score(tmp_path, monkeypatch):
+def test_slot_is_not_reported_as_plain_update_before_score(broken, tmp_path, monkeypatch):
     monkeypatch.setenv("TINY_BUG", "slot")
     monkeypatch.setenv("TINY_STEPS", "5")
-    found = statuses(run_seed(spec(tmp_path), _rules()))
+    found = statuses(run_seed(spec(tmp_path, submission=broken), _rules()))
     assert found["ledger.fit_on_scored_window"] == "fail" and "ledger.update_before_score" not in found
 
 
-def test_reading_validation_shards_in_training_is_caught(tmp_path, monkeypatch):
+def test_reading_validation_shards_in_training_is_caught(broken, tmp_path, monkeypatch):
     """The train job reads the eval view beside its own and the full dataset: both are hidden under
     tmpfs with tripwires, so the read gets no validation token and the harness names the files."""
     monkeypatch.setenv("TINY_BUG", "read_val")
     monkeypatch.setenv("TINY_VAL_DIR", str(DEMO_DATASET))
     monkeypatch.setenv("TINY_STEPS", "5")
-    verdict = run_seed(spec(tmp_path), _rules())
+    verdict = run_seed(spec(tmp_path, submission=broken), _rules())
     read = next(f for f in verdict.findings if f.code == "isolation.data_read")
     assert read.status == "fail" and read.data["phase"] == "train"
     assert {Path(f).parent.name for f in read.data["files"]} == {"val", DEMO_DATASET.name}
     assert "fineweb_val_000000.bin" in read.message
 
 
-def test_half_written_artifact_stops_the_run(tmp_path, monkeypatch):
+def test_half_written_artifact_stops_the_run(broken, tmp_path, monkeypatch):
     monkeypatch.setenv("TINY_BUG", "half_artifact")
-    verdict = run_seed(spec(tmp_path), _rules())
+    verdict = run_seed(spec(tmp_path, submission=broken), _rules())
     found = statuses(verdict)
     assert found["phase.crashed"] == "fail" and found["phase.eval_skipped"] == "fail"
     assert not (tmp_path / "seed_1" / "events_eval.jsonl").exists()
 
 
-def test_phase_past_its_hard_limit_is_stopped_and_named(tmp_path, monkeypatch):
+def test_phase_past_its_hard_limit_is_stopped_and_named(broken, tmp_path, monkeypatch):
     monkeypatch.setenv("TINY_BUG", "slow")
     monkeypatch.setenv("TINY_STEPS", "5")
-    verdict = run_seed(spec(tmp_path, eval_limit_s=25), _rules())
+    verdict = run_seed(spec(tmp_path, submission=broken, eval_limit_s=25), _rules())
     timeout = next(f for f in verdict.findings if f.code == "phase.timeout")
     assert timeout.status == "fail" and timeout.data["phase"] == "eval" and "eval phase" in timeout.message
     assert "phase.survivors" not in statuses(verdict)

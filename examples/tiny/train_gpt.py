@@ -3,15 +3,13 @@
 A two-layer causal transformer trained for a few seconds on the demo shards,
 then evaluated with score-first test-time training: each chunk of validation
 positions is scored under no_grad and reported, declared as an update, and
-only then trained on; the last chunk is never trained on. TINY_BUG switches on
-one deliberate violation at a time, so the harness's checks can be shown to fail.
+only then trained on; the last chunk is never trained on. Its broken variants,
+which show the harness's checks failing, are staged by the tests (tests/tiny_variants.py).
 """
 import glob
 import math
 import os
-import socket
 import sys
-import time
 import weakref
 
 import numpy as np
@@ -23,7 +21,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pgolf_events import Events
 
-BUG = os.environ.get("TINY_BUG", "")
 SEQ, DIM, HEADS, LAYERS = 64, 64, 2, 2
 STEPS, BATCH, LR = int(os.environ.get("TINY_STEPS", 120)), 16, 3e-3
 CHUNK, TTT_LR = 8192, 1e-3
@@ -76,10 +73,6 @@ def average_gradients(model, world):
 
 def train(events, rank, world, vocab):
     tokens = read_tokens(os.path.join(os.environ["DATA_PATH"], "fineweb_train_*.bin"))
-    if BUG == "read_val":  # peek at validation data while training: the sibling view, and TINY_VAL_DIR
-        for folder in filter(None, [os.path.join(os.environ["DATA_PATH"], "..", "val"), os.environ.get("TINY_VAL_DIR")]):
-            if glob.glob(os.path.join(folder, "fineweb_val_*.bin")):
-                read_tokens(os.path.join(folder, "fineweb_val_*.bin"))
     torch.manual_seed(int(os.environ["SEED"]))
     model = TinyGPT(vocab)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
@@ -99,11 +92,6 @@ def train(events, rank, world, vocab):
     events.mark("train_end", steps=STEPS)
     if rank == 0:
         final = os.path.join(os.environ["PGOLF_ARTIFACT_DIR"], "model.pt")
-        if BUG == "half_artifact":
-            with open(final, "wb") as f:
-                f.write(b"PK\x03\x04 half of a model")
-                f.flush()
-                os._exit(9)
         torch.save(model.state_dict(), final + ".tmp")
         os.replace(final + ".tmp", final)
 
@@ -128,67 +116,34 @@ def evaluate(events, rank, world, vocab, sp):
     val = read_tokens(os.path.join(os.environ["DATA_PATH"], "fineweb_val_*.bin"))
     model = TinyGPT(vocab)
     model.load_state_dict(torch.load(os.path.join(os.environ["PGOLF_ARTIFACT_DIR"], "model.pt")))
-    if BUG == "read_train":  # peek at training data while evaluating: the sibling view, and TINY_TRAIN_DIR
-        for folder in filter(None, [os.path.join(os.environ["DATA_PATH"], "..", "train"), os.environ.get("TINY_TRAIN_DIR")]):
-            if glob.glob(os.path.join(folder, "fineweb_train_*.bin")):
-                read_tokens(os.path.join(folder, "fineweb_train_*.bin"))
-    if BUG == "write_artifact" and rank == 0:  # change the artifact it was given read-only
-        with open(os.path.join(os.environ["PGOLF_ARTIFACT_DIR"], "model.pt"), "ab") as f:
-            f.write(b"tampered")
     opt = torch.optim.SGD(model.parameters(), lr=TTT_LR, momentum=0.9)
     base, space, boundary = byte_table(sp, vocab)
     sums = torch.zeros(3, dtype=torch.float64)  # nll, targets, bytes
     chunks = list(range(1, len(val), CHUNK))
     events.mark("eval_start")
-    if BUG == "network":  # phone home, and carry on quietly when refused
-        try:
-            socket.create_connection(("203.0.113.7", 443), timeout=1).close()
-        except OSError:
-            pass
     for c, lo in enumerate(chunks):
         hi = min(lo + CHUNK, len(val))
         windows = [(p, min(p + SEQ, hi)) for p in range(lo, hi, SEQ)][rank::world]
-        if BUG == "skip" and c == len(chunks) - 1 and rank == world - 1:
-            windows = windows[:-1]
-        if BUG == "update_before_score" and c == 0:
-            events.update(lo, hi)
-            ttt_step(model, opt, val, windows, world, vocab)
         with torch.no_grad():
-            for p, q in windows * (2 if BUG == "double" and c == 0 else 1):
+            for p, q in windows:
                 logp = model(torch.from_numpy(val[p - 1:q - 1])[None])[0]
-                if BUG == "slot":
-                    logp = slot_fit(events, logp, val, p, q)
                 nll = -logp.gather(1, torch.from_numpy(val[p:q])[:, None])[:, 0]
                 for pos in events.scores(p, nll.numpy()):  # the harness picks what to audit once it has them
                     row = logp[pos - p].numpy()
-                    events.audit(pos, row + 1.0 if BUG == "unnormalized" else row)
+                    events.audit(pos, row)
                 prev, y = val[p - 1:q - 1], val[p:q]
                 nbytes = base[y] + (space[y] & ~boundary[prev])
                 sums += torch.tensor([nll.double().sum().item(), q - p, float(nbytes.sum())], dtype=torch.float64)
         dist.barrier()
-        if c < len(chunks) - 1 and not (BUG == "update_before_score" and c == 0):
+        if c < len(chunks) - 1:
             events.update(lo, hi)
             ttt_step(model, opt, val, windows, world, vocab)
-        if BUG == "crash" and c == 1:
-            raise RuntimeError("deliberate crash in the middle of evaluation")
-        if BUG == "slow":
-            time.sleep(3600)
     dist.all_reduce(sums)
     events.mark("eval_end")
     loss, bpb = (sums[0] / sums[1]).item(), (sums[0] / math.log(2) / sums[2]).item()
     if rank == 0:
         events.result(loss, bpb)
         print(f"final_tiny_ttt val_loss:{loss:.8f} val_bpb:{bpb:.8f}", flush=True)
-
-
-def slot_fit(events, logp, val, p, q):
-    """SLOT-style: one gradient step on a logit bias, fitted to the very targets about to be scored."""
-    events.update(p, q)
-    with torch.enable_grad():
-        delta = torch.zeros(logp.shape[-1], requires_grad=True)
-        loss = F.nll_loss(F.log_softmax(logp + delta, dim=-1), torch.from_numpy(val[p:q]))
-        (grad,) = torch.autograd.grad(loss, delta)
-    return F.log_softmax(logp - 50.0 * grad, dim=-1)
 
 
 def ttt_step(model, opt, val, windows, world, vocab):

@@ -228,7 +228,8 @@ def _hardware(s: SeedEvidence, track: Track) -> list[Finding]:
     elif int(world.value) != want["gpus"]:
         out.append(Finding("hardware", FAIL, "hardware.world_size",
                            f"seed {seed}: world_size {world.value}; the {track.name} track runs on "
-                           f"{want['gpus']} GPUs", _at(log, world), seed=seed))
+                           f"{want['gpus']} GPUs (a run on other hardware belongs in track_local, where "
+                           "`pgolf export` files it)", _at(log, world), seed=seed))
     if accum is not None and int(accum.value) != want["grad_accum_steps"]:
         out.append(Finding("hardware", FAIL, "hardware.grad_accum",
                            f"seed {seed}: grad_accum_steps {accum.value}; a {want['gpus']}-GPU record run uses "

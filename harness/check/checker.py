@@ -88,7 +88,7 @@ def _json_consistency(folder: Path, claimed: submission_json.Claims, rules: Rule
         listed, keyed = claimed.listed_vs_results
         if sorted(map(str, listed)) != sorted(keyed):
             out.append(Finding("json", FAIL, "json.seeds_disagree",
-                               f"$.seeds lists {listed} but $.seed_results has seeds {sorted(keyed, key=int)}",
+                               f"$.seeds lists {listed} but $.seed_results has seeds {keyed}",
                                (Evidence(submission_json.FILE, None, "$.seeds"),)))
     if claimed.date and not claimed.date.startswith(folder.name[:10]):
         out.append(Finding("json", INFO, "json.date_differs",

@@ -112,7 +112,8 @@ def _walk(folder: Path) -> list[Finding]:
             rel = path.relative_to(folder).as_posix()
             if path.is_symlink():
                 target = os.readlink(path)
-                inside = root in path.resolve().parents or path.resolve() == root
+                real = Path(os.path.realpath(path))  # never raises: a symlink loop resolves to a path inside
+                inside = root in real.parents or real == root
                 out.append(Finding("files", WARN if inside else FAIL,
                                    "files.symlink" if inside else "files.escapes_folder",
                                    f"{rel} is a symlink to {target}"

@@ -11,6 +11,7 @@ finding can point at it. Numbers keep the text they were written with, because
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,8 @@ def load(folder: Path) -> tuple[dict[str, Any] | None, list[Finding]]:
     if not text.strip():
         return None, [Finding("json", FAIL, "json.empty", f"{FILE} is empty; expected a JSON object", where)]
     try:
-        data = json.loads(text, parse_float=Num, object_pairs_hook=_reject_duplicates)
+        data = json.loads(text, parse_float=_finite, parse_int=_integer, parse_constant=_not_a_number,
+                          object_pairs_hook=_reject_duplicates)
     except json.JSONDecodeError as exc:
         return None, [Finding("json", FAIL, "json.malformed",
                               f"{FILE} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
@@ -115,6 +117,38 @@ def load(folder: Path) -> tuple[dict[str, Any] | None, list[Finding]]:
         return None, [Finding("json", FAIL, "json.not_object",
                               f"{FILE} must hold a JSON object, found a {type(data).__name__}", where)]
     return data, []
+
+
+def _is_seed(key: Any) -> bool:
+    """A seed key of seed_results: ASCII digits ('²' and '٣' are digits to str.isdigit, not to int)."""
+    return isinstance(key, str) and key.isascii() and key.isdigit()
+
+
+def _seed_order(key: str) -> tuple[int, int, str]:
+    """Seed keys in numeric order, any other key after them."""
+    return (0, int(key), "") if _is_seed(key) else (1, 0, key)
+
+
+def _finite(text: str) -> Num:
+    """A JSON number as written; one beyond float's range (1e400) is refused, not turned into inf."""
+    number = Num(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return number
+
+
+def _integer(text: str) -> int:
+    """A JSON integer; one no float can hold (every claim is compared as a float) is refused."""
+    value = int(text)
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError(f"the number {text[:40]}... is out of range") from None
+    return value
+
+
+def _not_a_number(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _line(text: str, number: int) -> str:
@@ -141,18 +175,19 @@ def claims(data: dict[str, Any]) -> Claims:
     seeds = data.get("seeds")
     results = data.get("seed_results")
     if isinstance(seeds, list) and isinstance(results, dict):
-        out.listed_vs_results = (sorted(s for s in seeds if isinstance(s, int)), sorted(results))
+        out.listed_vs_results = (sorted(s for s in seeds if isinstance(s, int)), sorted(results, key=_seed_order))
     if isinstance(seeds, list):
-        out.seeds = [s for s in seeds if isinstance(s, int) and not isinstance(s, bool)]
+        # a negative seed is the schema's finding; as a per-seed finding it would break the verdict's schema
+        out.seeds = [s for s in seeds if isinstance(s, int) and not isinstance(s, bool) and s >= 0]
         out.seeds_path = "$.seeds"
-    elif isinstance(data.get("seed"), int):
+    elif isinstance(data.get("seed"), int) and not isinstance(data["seed"], bool) and data["seed"] >= 0:
         out.seeds, out.seeds_path = [data["seed"]], "$.seed"
     for key in ("seed_results", "seeds"):
         table = data.get(key)
         if not isinstance(table, dict):
             continue
         for seed_text, result in table.items():
-            if not (isinstance(seed_text, str) and seed_text.isdigit() and isinstance(result, dict)):
+            if not (_is_seed(seed_text) and isinstance(result, dict)):
                 continue
             seed = int(seed_text)
             if seed not in out.seeds:

@@ -8,6 +8,7 @@ scores garbage, so every read validates both and says what is wrong.
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,10 @@ def read_header(path: Path) -> int:
     """Validate a shard's header and size; return its token count."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read, a device never end
+            raise ShardError(f"{path}: not a regular file")
+        size = info.st_size
         with path.open("rb") as handle:
             head = handle.read(HEADER_BYTES)
     except OSError as exc:

@@ -125,6 +125,8 @@ def _counts(report: VerifyReport, paths: list[Path]) -> dict[Path, int | None]:
 
 def _dtype_hint(path: Path) -> str:
     """Name the common mistake of writing int32 ids under a header that counts uint16 tokens."""
+    if not path.is_file():
+        return ""
     try:
         with path.open("rb") as handle:
             head = handle.read(12)

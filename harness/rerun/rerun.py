@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -232,12 +233,16 @@ def _open_rundir(out: Path, plan: dict[str, Any], resume: bool) -> None:
         raise UsageError(f"{out} already exists; --resume continues the rerun there, or choose another --out")
     try:
         before = json.loads((out / PLAN).read_text("utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise UsageError(f"--resume {out}: no readable {PLAN}, so not a folder pgolf rerun started") from None
+    if not isinstance(before, dict):
+        raise UsageError(f"--resume {out / PLAN}: expected a JSON object of the rerun's options, found a "
+                         f"{type(before).__name__}")
     changed = [k for k in plan if before.get(k) != plan[k]]
     if changed:
         raise UsageError(f"--resume {out}: it was started with other options ("
-                         + "; ".join(f"{k} {before.get(k)!r} then, {plan[k]!r} now" for k in changed) + ")")
+                         + "; ".join(f"{k} {reprlib.repr(before.get(k))} then, {reprlib.repr(plan[k])} now"
+                                     for k in changed) + ")")
     busy = working_in(out)
     if busy:
         raise UsageError(f"--resume {out}: process(es) {busy} still work inside it (a job of the interrupted rerun "

@@ -7,6 +7,7 @@ with the offending key instead of producing a wrong verdict.
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -120,9 +121,25 @@ def _compile_labels(pairs: tuple[tuple[str, str], ...]) -> list[tuple[str, re.Pa
     return [(stage, re.compile(pattern)) for stage, pattern in pairs]
 
 
+MAX_RULES_BYTES = 1 << 20  # the bundled file is 7 KB
+
+
+def _read(path: Path) -> str:
+    """A --rules file's text: a regular file (a FIFO would block, /dev/zero never ends), bounded, UTF-8."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise RulesError(f"{path}: not a regular file; expected a rules YAML file")
+    if info.st_size > MAX_RULES_BYTES:
+        raise RulesError(f"{path}: {info.st_size:,} bytes, over the {MAX_RULES_BYTES:,}-byte limit of a rules file")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RulesError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
 def load_rules(path: Path | None = None) -> Rules:
     """Load and validate a rules file (the bundled one by default)."""
-    text = path.read_text("utf-8") if path else files("harness.rules").joinpath("rules.yaml").read_text("utf-8")
+    text = _read(path) if path else files("harness.rules").joinpath("rules.yaml").read_text("utf-8")
     try:
         raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:

@@ -159,8 +159,13 @@ def change_findings(phase: str, what: str, before: payload.Scan, after: payload.
                     f"from: {payload.listed(changed)}", data={"phase": phase, "changed": len(changed)})]
 
 
-def digest_findings(phase: str, now: payload.Scan, recorded: str, what: str, since: str) -> list[Finding]:
-    """A FAIL when the code or the artifact a phase is handed is not what the record says it was."""
+def digest_findings(phase: str, now: payload.Scan, recorded: str | None, what: str, since: str) -> list[Finding]:
+    """A FAIL when the code or the artifact a phase is handed is not what the record says it was; a WARN when
+    the record holds no digest to compare with (runs made before digests were recorded)."""
+    if recorded is None:
+        return [Finding("isolation", WARN, f"isolation.{what}_unrecorded", f"{phase}: the train phase's record holds "
+                        f"no digest of the {what}, so whether it changed {since} cannot be checked",
+                        data={"phase": phase})]
     if now.digest() == recorded:
         return []
     return [Finding("isolation", FAIL, f"isolation.{what}_modified", f"{phase}: the {what} changed {since}",
@@ -237,10 +242,10 @@ def verify(out: Path, rules: Rules) -> Verdict:
     if train is None:
         raise UsageError(f"{out}: no phase_train.json; not a `pgolf run` seed folder")
     evaluation = seedfolder.read_record(out, "eval")
-    track = rules.tracks[train["track"]]
+    track = rules.track(train["track"])
     code, artifact = payload.scan(out / seedfolder.CODE), payload.scan(seedfolder.artifact_of(out))
     findings = [Finding.from_dict(f) for f in train["findings"]]
-    findings += digest_findings("verify", code, train["code_digest"], "code", "since the train phase staged it")
+    findings += digest_findings("verify", code, train.get("code_digest"), "code", "since the train phase staged it")
     size, total = artifact_findings(artifact, code, track.artifact_limit_bytes)
     findings += size
     facts: dict[str, Any] = {"artifact_bytes": total, "code_bytes": code.total, "model_bytes": artifact.total,

@@ -166,9 +166,9 @@ def eval_phase(phase: PhaseSpec, rules: Rules, data_digest: str | None = None) -
     code_before, artifact_before, data_before = (payload.scan(p) for p in (code, phase.artifact, phase.data))
     findings = [] if data_digest is None else judge.digest_findings(
         "eval", data_before, data_digest, "data", "since before the train phase")
-    findings += judge.digest_findings("eval", code_before, train["code_digest"], "code",
+    findings += judge.digest_findings("eval", code_before, train.get("code_digest"), "code",
                                      "since the train phase staged it")
-    findings += judge.digest_findings("eval", artifact_before, train["artifact_digest"], "artifact",
+    findings += judge.digest_findings("eval", artifact_before, train.get("artifact_digest"), "artifact",
                                       "since the train phase ended")
     audit_seed = secrets.randbits(63)  # drawn per run, so no run can tell which positions another one audits
     ledger = Ledger(tokens, audit_positions(audit_seed, len(tokens)))

@@ -136,6 +136,8 @@ def run_streams(out: Path, streams: list[Stream], backend: Backend, echo: bool) 
     tokenizer = tokenizer_in(view)
     train_view = out / seedfolder.DATA / "train"
     hide = ((train_view, tuple(sorted(p.name for p in train_view.glob("fineweb_*")))),) if train_view.is_dir() else ()
+    if "limit_s" not in evaluation:
+        raise UsageError(f"{seedfolder.record_path(out, 'eval')}: no limit_s; probe a seed that `pgolf run` finished")
     phase = PhaseSpec(out, view, seedfolder.artifact_of(out), evaluation["limit_s"], echo=echo, hide=hide,
                       backend=backend)
     ran = []

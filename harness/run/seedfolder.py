@@ -66,18 +66,32 @@ def write_record(out: Path, phase: str, record: dict[str, Any]) -> None:
     write_text_atomic(record_path(out, phase), json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: Path, what: str) -> Any:
+    """A record or verdict the harness wrote, read back: strict JSON (no NaN or Infinity, which no verdict may
+    carry on), else a usage error naming the file."""
+    try:
+        return json.loads(path.read_text("utf-8"), parse_constant=_not_json)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{path}: unreadable {what} ({exc})") from None
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_record(out: Path, phase: str) -> dict[str, Any] | None:
-    """The phase's record, None when the phase never ran; an unreadable one is a usage error."""
-    return _read_json(record_path(out, phase), "phase record")
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any] | None:
+    """The phase's record, None when the phase never ran; one that is unreadable or does not match
+    schemas/phase_record.schema.json (a field missing or mistyped) is a usage error naming the field."""
+    path = record_path(out, phase)
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: unreadable {what} ({exc})") from None
+    record = read_json(path, "phase record")
+    skipped = isinstance(record, dict) and record.get("skipped") is True
+    shape = "train" if phase == "train" else "eval_skipped" if skipped else "eval"
+    problem = next(errors(f"urn:pgolf:phase_record#/$defs/{shape}", record), None)
+    if problem is not None:
+        raise UsageError(f"{path}: not a {phase} phase record as pgolf writes it: {problem}")
+    return record
 
 
 def probe_record_path(out: Path) -> Path:
@@ -91,7 +105,8 @@ def write_probe(out: Path, record: dict[str, Any]) -> None:
 
 def read_probe(out: Path) -> dict[str, Any] | None:
     """The probe's record (harness.run.probe), None when the seed was never probed."""
-    return _read_json(probe_record_path(out), "probe record")
+    path = probe_record_path(out)
+    return read_json(path, "probe record") if path.is_file() else None
 
 
 def portable(artifact: Path, out: Path) -> str:
@@ -122,8 +137,8 @@ def finished_verdict(out: Path, seed: int) -> dict[str, Any] | None:
     """The run verdict when the folder holds a finished run of that seed (a schema-valid verdict.json
     naming it), else None: anything less is half a run."""
     try:
-        verdict = json.loads((out / VERDICT).read_text("utf-8"))
-    except (OSError, ValueError):
+        verdict = read_json(out / VERDICT, "verdict")
+    except UsageError:
         return None
     if next(errors("urn:pgolf:verdict", verdict), None) is not None:
         return None
@@ -146,13 +161,13 @@ def run_verdicts(run: Path) -> dict[int, tuple[Path, dict[str, Any]]]:
     usage error."""
     found = {}
     for path in sorted(run.glob("seed_*/" + VERDICT)):
-        try:
-            verdict = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{path}: unreadable verdict ({exc})") from None
+        verdict = read_json(path, "verdict")
         seed = path.parent.name.removeprefix("seed_")
-        if not isinstance(verdict, dict) or verdict.get("command") != "run" or not seed.isdigit():
+        if not isinstance(verdict, dict) or verdict.get("command") != "run" or not (seed.isascii() and seed.isdigit()):
             raise UsageError(f"{path}: not a verdict of `pgolf run`")
+        problem = next(errors("urn:pgolf:verdict", verdict), None)
+        if problem is not None:
+            raise UsageError(f"{path}: not a verdict as pgolf writes it: {problem}")
         found[int(seed)] = (path.parent, verdict)
     return dict(sorted(found.items()))
 
@@ -167,7 +182,7 @@ def one_run(folders: dict[int, Path]) -> None:
     by_run: dict[str, list[int]] = {}
     for seed, out in folders.items():
         path = out / RUN_ID
-        by_run.setdefault(path.read_text("utf-8").strip() if path.is_file() else "none", []).append(seed)
+        by_run.setdefault(path.read_text("utf-8", "replace").strip() if path.is_file() else "none", []).append(seed)
     if len(by_run) > 1:
         groups = "; ".join(f"seeds {', '.join(map(str, s))} from run {r}" for r, s in by_run.items())
         raise UsageError(f"the seeds come from {len(by_run)} different runs ({groups}); export one run")
