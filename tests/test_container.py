@@ -244,7 +244,7 @@ def test_demo_runs_three_phases_in_three_containers_and_passes(project):
     assert codes["isolation.pid_namespace"] == codes["isolation.network"] == codes["isolation.data_view"] == "pass"
     assert codes["ledger.score_before_update"] == codes["ledger.single_pass"] == codes["metric.computed"] == "pass"
     assert "PASS metric" in demo.compose("logs", "--no-color", "verify-cpu").stdout
-    exported = list((demo.runs / "demo" / "records" / "track_10min_16mb").glob("*_Demo/submission.json"))
+    exported = list((demo.runs / "demo" / "records" / "track_local").glob("*_Demo/submission.json"))
     assert len(exported) == 1 and json.loads(exported[0].read_text())["val_bpb"] > 0
     assert [p.name for p in (demo.seed_dir / "artifact").iterdir()] == ["model.pt"]  # on the host, beside the logs
 
@@ -278,7 +278,7 @@ def test_compose_up_tool_starts_a_new_run_folder_each_time_owned_by_the_caller_w
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
         [run] = runs.iterdir()
         assert run.name.startswith("demo-") and json.loads((run / "seed_7" / "verdict.json").read_text())["status"] == "pass"
-        [records] = (run / "records" / "track_10min_16mb").glob("*_Demo")
+        [records] = (run / "records" / "track_local").glob("*_Demo")
         assert f"seed 7: {run}/seed_7 " in done.stdout and f"then pgolf check {records}\n" in done.stdout  # host paths
         assert {p.stat().st_uid for p in [run, *run.rglob("*")]} == {os.getuid()}
         assert (run / "seed_7" / "run_id").read_text() == f"compose-{run.name}\n"
