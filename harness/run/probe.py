@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from harness.client.pgolf_events import audit_positions
-from harness.data.shards import ShardError, read_shard, val_byte_sidecars, val_shards, write_shard
+from harness.data.shards import ShardError, read_header, read_tokens, val_byte_sidecars, val_shards, write_shard
 from harness.findings import FAIL, INFO, PASS, WARN, Finding, UsageError
 from harness.run import seedfolder
 from harness.run.backend import Backend
@@ -103,51 +103,60 @@ class Ran:
     returncode: int
 
 
+@dataclass(frozen=True)
+class View:
+    """The seed's validation view as read once: its shard files and their values in stream order (tokens, and
+    the byte sidecars when it has them), which every probe stream is rearranged from."""
+    path: Path
+    files: tuple[tuple[list[Path], np.ndarray], ...]  # (shards, their tokens), then (sidecars, their values)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self.files[0][1]
+
+    @classmethod
+    def read(cls, path: Path) -> View:
+        shards, sidecars = val_shards(path), val_byte_sidecars(path)
+        return cls(path, ((shards, read_tokens(shards)),) + (((sidecars, read_tokens(sidecars)),) if sidecars else ()))
+
+
 @contextmanager
-def _stream_in_place(view: Path, stream: Stream, shards: list[Path], sidecars: list[Path]) -> Iterator[None]:
+def _stream_in_place(view: View, stream: Stream) -> Iterator[None]:
     """Put the probe stream where the real view was (same folder, file names and sizes, same tokenizer), so the
     job sees the path, files and environment of an evaluation; the real view is back afterwards, whatever happens."""
-    real = view.with_name(view.name + ".scored")
-    os.rename(view, real)
+    real = view.path.with_name(view.path.name + ".scored")
+    os.rename(view.path, real)
     try:
-        view.mkdir()
-        for files in (shards, sidecars):
-            values = np.concatenate([np.asarray(read_shard(real / p.name)) for p in files]) if files else None
-            offset = 0
-            for p in files:
-                size = int(read_shard(real / p.name).size)
-                write_shard(view / p.name, values[stream.index[offset:offset + size]])
-                offset += size
+        view.path.mkdir()
+        for files, values in view.files:
+            sizes = [read_header(real / p.name) for p in files]
+            for p, part in zip(files, np.split(values[stream.index], np.cumsum(sizes)[:-1])):
+                write_shard(view.path / p.name, part)
         for p in real.iterdir():
-            if not (view / p.name).exists():
-                os.link(p, view / p.name)  # the tokenizer
+            if not (view.path / p.name).exists():
+                os.link(p, view.path / p.name)  # the tokenizer
         yield
     finally:
-        shutil.rmtree(view, ignore_errors=True)
-        os.rename(real, view)
+        shutil.rmtree(view.path, ignore_errors=True)
+        os.rename(real, view.path)
 
 
-def run_streams(out: Path, streams: list[Stream], backend: Backend, echo: bool) -> list[Ran]:
+def run_streams(out: Path, train: dict[str, Any], evaluation: dict[str, Any], view: View, streams: list[Stream],
+                backend: Backend, echo: bool) -> list[Ran]:
     """Each stream's eval job, in the seed's own sandbox and code, its log and events under probe/<name>/."""
-    train, evaluation = seedfolder.read_record(out, "train"), seedfolder.read_record(out, "eval")
-    view = out / seedfolder.DATA / "val"
-    shards, sidecars = val_shards(view), val_byte_sidecars(view)
-    tokens = np.concatenate([np.asarray(read_shard(p)) for p in shards])
-    tokenizer = tokenizer_in(view)
+    tokenizer = tokenizer_in(view.path)
     train_view = out / seedfolder.DATA / "train"
     hide = ((train_view, tuple(sorted(p.name for p in train_view.glob("fineweb_*")))),) if train_view.is_dir() else ()
-    if "limit_s" not in evaluation:
-        raise UsageError(f"{seedfolder.record_path(out, 'eval')}: no limit_s; probe a seed that `pgolf run` finished")
-    phase = PhaseSpec(out, view, seedfolder.artifact_of(out), evaluation["limit_s"], echo=echo, hide=hide,
+    phase = PhaseSpec(out, view.path, seedfolder.artifact_of(out), evaluation["limit_s"], echo=echo, hide=hide,
                       backend=backend)
+    keep = tuple(s.cut for s in streams if s.canary is not None)  # control A's rows there judge the canaries
     ran = []
     for stream in streams:
         records = out / seedfolder.PROBE / stream.name
         records.mkdir(parents=True)
-        keep = tuple(s.cut for s in streams if s.canary is not None) if stream.name == "control_a" else ()
-        ledger = Ledger(tokens[stream.index], audit_positions(stream.audit_seed, tokens.size),
-                        enough_at=stream.needed, keep_rows=keep)
-        with _stream_in_place(view, stream, shards, sidecars):
+        ledger = Ledger(view.tokens[stream.index], audit_positions(stream.audit_seed, view.tokens.size),
+                        enough_at=stream.needed, keep_rows=keep if stream.name == "control_a" else ())
+        with _stream_in_place(view, stream):
             process, _ = run_job(phase, "eval", train["seed"], train["nproc"], tokenizer.name, ledger, records,
                                  stream.audit_seed, stop_when_enough=True)
         ran.append(Ran(stream, ledger.nll[: stream.needed + 1].copy(), set(ledger.audits), ledger.rows,
@@ -159,17 +168,27 @@ def _tolerance(floor: float) -> float:
     return max(NOISE_MULTIPLE * floor, MIN_TOLERANCE)
 
 
-def _compare(x: Ran, y: Ran, end: int, tol: float | None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Positions 1 … end-1 where x and y differ by more than `tol` (None: nowhere), split into those neither
-    run audited and those one did; and the largest difference where neither audited."""
-    diff = np.abs(x.nll[1:end].astype(np.float64) - y.nll[1:end])
-    positions = np.arange(1, end)
-    audited = np.isin(positions, list(x.audited | y.audited))
-    plain_max = float(np.max(diff[~audited], initial=0.0))
-    if tol is None:
-        return positions[:0], positions[:0], plain_max
-    over = diff > tol
-    return positions[over & ~audited], positions[over & audited], plain_max
+@dataclass(frozen=True)
+class Differences:
+    """Two runs' NLLs at positions 1 … end-1: how far apart, and where either run sent the distribution."""
+    positions: np.ndarray
+    diff: np.ndarray
+    audited: np.ndarray  # bool per position
+
+    @classmethod
+    def of(cls, x: Ran, y: Ran, end: int) -> Differences:
+        positions = np.arange(1, end)
+        return cls(positions, np.abs(x.nll[1:end].astype(np.float64) - y.nll[1:end]),
+                   np.isin(positions, list(x.audited | y.audited)))
+
+    @property
+    def largest_unaudited(self) -> float:
+        return float(np.max(self.diff[~self.audited], initial=0.0))
+
+    def over(self, tol: float) -> tuple[np.ndarray, np.ndarray]:
+        """Positions that differ by more than `tol`: (where neither run audited, where one did)."""
+        over = self.diff > tol
+        return self.positions[over & ~self.audited], self.positions[over & self.audited]
 
 
 def judge(ran: list[Ran], eval_wall_s: float) -> tuple[list[Finding], dict[str, Any]]:
@@ -184,7 +203,8 @@ def judge(ran: list[Ran], eval_wall_s: float) -> tuple[list[Finding], dict[str, 
     if not (a.complete and b.complete):
         return out + [Finding("probe", WARN, "probe.unjudged", "the control runs did not finish: the probe "
                               "judged nothing")], facts
-    _, audited_ab, floor = _compare(a, b, a.stream.needed + 1, None)
+    controls = Differences.of(a, b, a.stream.needed + 1)
+    floor = controls.largest_unaudited
     tol = _tolerance(floor)
     facts.update(noise_floor=floor, tolerance=tol)
     if floor > MAX_NOISE_FLOOR:
@@ -193,12 +213,12 @@ def judge(ran: list[Ran], eval_wall_s: float) -> tuple[list[Finding], dict[str, 
     out.append(Finding("probe", INFO, "probe.noise_floor", f"two runs of the real stream differ by at most "
                        f"{floor:.3g} nats (positions 1 … {a.stream.needed}); differences above {tol:.3g} count; "
                        f"{len(ran)} probe runs took {cost:.1f} s, the evaluation {eval_wall_s:.1f} s", data=facts))
-    dependent = [(a, b, _compare(a, b, a.stream.needed + 1, tol)[1])]
+    dependent = [(a, b, controls.over(tol)[1])]
     noncausal, canaries = [], []
     for r in ran:
         if r.stream.cut is None or not r.complete:
             continue
-        changed, audited, _ = _compare(r, a, r.stream.cut, tol)
+        changed, audited = Differences.of(r, a, r.stream.cut).over(tol)
         dependent.append((r, a, audited))
         if changed.size:
             worst = changed[np.argmax(np.abs(r.nll[changed].astype(np.float64) - a.nll[changed]))]
@@ -257,17 +277,20 @@ def probe_seed(out: Path, backend: Backend, canaries: int = 2, cuts: int = 1, se
         findings = [Finding("probe", WARN, "probe.unjudged", "the eval phase did not succeed: nothing to probe")]
         _write(out, findings, {}, None)
         return findings
-    if not (out / seedfolder.DATA / "val").is_dir():
+    path = out / seedfolder.DATA / "val"
+    if not path.is_dir():
         raise UsageError(f"{out}: no data/val view; `pgolf probe` reruns the eval job of a seed that `pgolf run` "
                          "or `pgolf rerun` wrote (a compose run's phases read their views from mounts)")
+    if "limit_s" not in evaluation:
+        raise UsageError(f"{seedfolder.record_path(out, 'eval')}: no limit_s; probe a seed that `pgolf run` finished")
     try:
-        tokens = np.concatenate([np.asarray(read_shard(p)) for p in val_shards(out / seedfolder.DATA / "val")])
+        view = View.read(path)
     except (ShardError, OSError, ValueError) as exc:
-        raise UsageError(f"{out / seedfolder.DATA / 'val'}: cannot read the validation view ({exc})") from None
+        raise UsageError(f"{path}: cannot read the validation view ({exc})") from None
     secret = secrets.randbits(63) if secret is None else secret
-    streams = plan(tokens, secret, canaries, cuts)
+    streams = plan(view.tokens, secret, canaries, cuts)
     started = time.monotonic()
-    ran = run_streams(out, streams, backend, echo)
+    ran = run_streams(out, train, evaluation, view, streams, backend, echo)
     findings, facts = judge(ran, evaluation["process"]["wall_s"])
     facts["harness_s"] = round(time.monotonic() - started, 3)
     _write(out, findings, facts, {"secret": secret, "canaries": canaries, "cuts": cuts,
