@@ -63,7 +63,11 @@ def private_paths(out: Path) -> tuple[Path, ...]:
 
 
 def write_record(out: Path, phase: str, record: dict[str, Any]) -> None:
-    write_text_atomic(record_path(out, phase), json.dumps(record, indent=2, sort_keys=True) + "\n")
+    _write_json(record_path(out, phase), record)
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -100,7 +104,7 @@ def probe_record_path(out: Path) -> Path:
 
 def write_probe(out: Path, record: dict[str, Any]) -> None:
     probe_record_path(out).parent.mkdir(exist_ok=True)
-    write_text_atomic(probe_record_path(out), json.dumps(record, indent=2, sort_keys=True) + "\n")
+    _write_json(probe_record_path(out), record)
 
 
 def read_probe(out: Path) -> dict[str, Any] | None:
