@@ -62,7 +62,7 @@ def export_run(run: Path, name: str, rules: Rules, *, dest: Path | None = None, 
     try:
         copied, skipped = _copy_code(seedfolder.seed_folder(run, min(seeds)) / seedfolder.CODE, tmp, rules)
         code_bytes = counted_bytes(tmp, scan_code(tmp, rules), compressed=False, rules=rules).total
-        code_names = sum(len(path.encode()) for path in payload.scan(tmp).files if payload.is_code(path))
+        code_names = sum(len(path.encode()) for path in payload.scan(tmp, hash_files=False).files if payload.is_code(path))
         results = {seed: _seed_result(seedfolder.seed_folder(run, seed), seed, v, code_bytes, code_names, rules)
                    for seed, v in seeds.items()}
         for seed, r in results.items():
