@@ -181,3 +181,14 @@ def test_rerun_probe_probes_each_seed_it_runs(tiny_run, tmp_path):
     legacy = subprocess.run([sys.executable, "-m", "harness", "rerun", str(folder), "--probe", "--legacy",
                              "--out", str(tmp_path / "legacy"), "-q"], capture_output=True, text=True, timeout=60, env=env)
     assert legacy.returncode == 2 and "--legacy rerun has none" in legacy.stderr
+
+
+def test_a_probe_record_that_is_not_one_is_a_usage_error(tmp_path):
+    from harness.run import seedfolder
+
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "probe.json").write_text('{"facts": {}}')
+    with pytest.raises(UsageError, match="'findings' list"):
+        seedfolder.read_probe(tmp_path)
+    seedfolder.write_probe(tmp_path, {"findings": [], "facts": {}, "plan": None})
+    assert seedfolder.read_probe(tmp_path)["findings"] == []

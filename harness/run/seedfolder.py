@@ -110,7 +110,12 @@ def write_probe(out: Path, record: dict[str, Any]) -> None:
 def read_probe(out: Path) -> dict[str, Any] | None:
     """The probe's record (harness.run.probe), None when the seed was never probed."""
     path = probe_record_path(out)
-    return read_json(path, "probe record") if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = read_json(path, "probe record")
+    if not isinstance(record, dict) or not isinstance(record.get("findings"), list):
+        raise UsageError(f"{path}: not a probe record as pgolf writes it: expected an object with a 'findings' list")
+    return record
 
 
 def portable(artifact: Path, out: Path) -> str:
