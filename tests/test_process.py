@@ -164,6 +164,28 @@ def test_interrupted_harness_leaves_no_survivors(tmp_path, sig, isolate):
             harness.kill()
 
 
+def test_a_compiler_outside_usr_works_in_the_sandbox_and_shows_only_its_own_tree(tmp_path):
+    """torch.compile builds with the CC/CXX of the job's environment; a toolchain such as /opt/gcc must run
+    in the sandbox with its lib/, while what lies beside the toolchain stays hidden."""
+    prefix = tmp_path / "opt" / "gcc"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "lib").mkdir()
+    (prefix / "lib" / "specs").write_text("toolchain ok\n")
+    (prefix / "notes").mkdir()
+    (prefix / "notes" / "x").write_text("not part of a toolchain")
+    (tmp_path / "opt" / "beside.txt").write_text("someone else's file")
+    cc = prefix / "bin" / "cc"
+    cc.write_text(f"#!/bin/sh\ncat {prefix / 'lib' / 'specs'}\n")
+    cc.chmod(0o755)
+    env, _ = marked_env()
+    probe = ("import os, subprocess; print(subprocess.run(os.environ['CC'].split(), capture_output=True, "
+             f"text=True).stdout.strip()); print([os.path.exists(p) for p in {[str(prefix / 'notes'), str(tmp_path / 'opt' / 'beside.txt')]}])")
+    result = run_phase(python("-c", probe), env={**env, "CC": f"{cc} -m64"}, cwd=CASES, log_path=tmp_path / "phase.log",
+                       limit_s=30, grace_s=1.0, echo=False, sandbox=Sandbox(read_only=(ROOT,), network=False))
+    assert result.returncode == 0, (tmp_path / "phase.log").read_text()
+    assert (tmp_path / "phase.log").read_text().splitlines() == ["toolchain ok", str([not ENFORCED] * 2)]
+
+
 @pytest.mark.skipif(not ENFORCED, reason="needs PID namespaces")
 def test_killed_harness_takes_the_namespace_down(tmp_path):
     """SIGKILL to the harness runs no cleanup: the init notices its lifeline close and exits."""

@@ -163,8 +163,10 @@ def bwrap_works() -> bool:
         return False
 
 
-def _system_binds() -> list[str]:
-    """The host's system folders, read-only: /usr and its merged-/usr links, /etc, Python's own prefixes."""
+def _system_binds(env: dict[str, str] | None = None) -> list[str]:
+    """The host's system folders, read-only: /usr and its merged-/usr links, /etc, Python's own prefixes, and
+    the installation of each C/C++ compiler the job's environment names (torch.compile and Triton build with
+    one; a toolchain outside /usr, such as /opt/gcc, needs its lib/ and libexec/ as well as bin/)."""
     out: list[str] = []
     for link in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(link):
@@ -172,15 +174,31 @@ def _system_binds() -> list[str]:
         elif os.path.isdir(link):
             out += ["--ro-bind", link, link]
     prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(
-        os.path.realpath(sys.executable))))}
+        os.path.realpath(sys.executable))))} | _toolchain_folders(env or {})
     for path in sorted({*SYSTEM, *prefixes, "/sys"}):
         if os.path.isdir(path) and not any(path.startswith(p + "/") for p in SYSTEM if p != path and os.path.isdir(p)):
             out += ["--ro-bind", path, path]
     return out
 
 
+def _toolchain_folders(env: dict[str, str]) -> set[str]:
+    """The installation of each compiler in CC and CXX, or of gcc/g++/cc/c++ on the job's PATH: the folders a
+    GNU toolchain keeps beside its bin/ (lib, libexec, include, <triple>), never the folder that holds them,
+    which may be someone's home."""
+    path = env.get("PATH", os.defpath)
+    out = set()
+    named = [words[0] for words in (env.get("CC", "").split(), env.get("CXX", "").split()) if words]  # "gcc -m64"
+    for exe in named + ["gcc", "g++", "cc", "c++"]:
+        found = exe if "/" in exe else shutil.which(exe, path=path)
+        if found and os.path.isfile(found):
+            prefix = Path(os.path.realpath(found)).parent.parent
+            out |= {str(d) for d in prefix.glob("*") if d.is_dir() and
+                    (d.name in ("bin", "lib", "lib64", "libexec", "include") or d.name.endswith("-linux-gnu"))}
+    return out
+
+
 def _bwrap_argv(sandbox: Sandbox, cwd: Path, root: Path, link_fd: int, hosts_fd: int, cmd: list[str],
-                tripwires: dict[str, tuple[Path, tuple[str, ...]]]) -> list[str]:
+                tripwires: dict[str, tuple[Path, tuple[str, ...]]], env: dict[str, str]) -> list[str]:
     argv = ["bwrap", "--die-with-parent", "--new-session", "--as-pid-1", "--unshare-user", "--uid", str(JOB_UID),
             "--gid", str(JOB_UID), "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", sandbox.hostname, "--disable-userns", "--cap-drop", "ALL",
@@ -191,7 +209,7 @@ def _bwrap_argv(sandbox: Sandbox, cwd: Path, root: Path, link_fd: int, hosts_fd:
         (root / name).mkdir(mode=0o777)
         (root / name).chmod(0o1777)
         argv += ["--bind", str(root / name), inside]
-    argv += _system_binds()  # after the scratch folders: a venv or checkout under /tmp stays visible
+    argv += _system_binds(env)  # after the scratch folders: a venv or checkout under /tmp stays visible
     argv += ["--ro-bind-data", str(hosts_fd), "/etc/hosts", "--ro-bind", str(NSINIT), INIT_INSIDE]
     for path in [*sandbox.read_only, cwd]:
         argv += ["--ro-bind", str(path), str(path)]
@@ -254,7 +272,7 @@ class _Job:
             hosts_read, hosts_write = os.pipe()
             os.write(hosts_write, _hosts(sandbox.hostname))
             os.close(hosts_write)
-            argv = _bwrap_argv(sandbox, cwd, root, init_end.fileno(), hosts_read, cmd, self.tripwires)
+            argv = _bwrap_argv(sandbox, cwd, root, init_end.fileno(), hosts_read, cmd, self.tripwires, env)
             env = {**env, "HOME": SCRATCH["home"], "TMPDIR": SCRATCH["tmp"]}
             fds = (init_end.fileno(), hosts_read)
         else:
