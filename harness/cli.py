@@ -193,11 +193,13 @@ def cmd_phase_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from harness.run.probe import probe_and_verify
+    from harness.run.probe import CANARIES, CUTS, probe_and_verify
 
     _folders((args.run, "run folder"))
-    if args.canaries < 1 or args.cuts < 0:
-        raise UsageError(f"--canaries {args.canaries} --cuts {args.cuts}: expected at least one canary and no "
+    canaries = CANARIES if args.canaries is None else args.canaries
+    cuts = CUTS if args.cuts is None else args.cuts
+    if canaries < 1 or cuts < 0:
+        raise UsageError(f"--canaries {canaries} --cuts {cuts}: expected at least one canary and no "
                          "negative number of cuts")
     wanted = _seeds(args.seeds) if args.seeds else None
     folders = sorted(p for p in args.run.iterdir() if re.fullmatch(r"seed_-?\d+", p.name)
@@ -207,7 +209,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     backend, rules, worst = _backend(args), load_rules(args.rules), 0
     for folder in folders:
         try:
-            verdict = probe_and_verify(folder.resolve(), rules, backend, args.canaries, args.cuts, args.secret,
+            verdict = probe_and_verify(folder.resolve(), rules, backend, canaries, cuts, args.secret,
                                        echo=not args.quiet).to_dict()
         except KeyboardInterrupt:
             print(f"pgolf: interrupted; {folder / 'probe'} is unfinished", file=sys.stderr)
@@ -398,8 +400,9 @@ def _parser() -> argparse.ArgumentParser:
                                 "the verdict again; exit 0 pass or warn, 1 fail.")
     probe.add_argument("run", type=Path, metavar="RUNDIR", help="a `pgolf run` folder")
     probe.add_argument("--seeds", help="comma-separated seeds to probe (default: every seed_<s> folder)")
-    probe.add_argument("--canaries", type=int, default=2, help="canary runs (default 2)")
-    probe.add_argument("--cuts", type=int, default=1, help="runs with other text after a random position (default 1)")
+    probe.add_argument("--canaries", type=int, help="canary runs, each a change point too (default 1)")
+    probe.add_argument("--cuts", type=int, help="more change points: runs with other text after a random "
+                       "position (default 0)")
     probe.add_argument("--secret", type=int, help="the secret that picks the streams (default: drawn now); give "
                        "the one a probe.json records to rebuild its streams")
     probe.set_defaults(handler=cmd_probe)

@@ -40,6 +40,7 @@ from harness.run.phases import PhaseSpec, run_job, tokenizer_in
 NOISE_MULTIPLE, MIN_TOLERANCE = 3.0, 1e-4  # a difference counts above max(3 × noise floor, 1e-4 nats)
 RELATIVE_TOLERANCE = 1e-3  # a canary against a distribution the job sent: float32 rows, as the ledger allows
 MAX_NOISE_FLOOR = 0.05  # nats: two controls further apart than this leave nothing to compare
+CANARIES, CUTS = 1, 0  # default: three runs (two controls, one canary, which is a change point too)
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,7 @@ def _canary(r: Ran, a: Ran, tol: float) -> tuple[bool | None, str]:
     return ok, f"{r.stream.name} at {c}: NLL {got:.6g}, expected {expected:.6g}"
 
 
-def probe_seed(out: Path, backend: Backend, canaries: int = 2, cuts: int = 1, secret: int | None = None,
+def probe_seed(out: Path, backend: Backend, canaries: int = CANARIES, cuts: int = CUTS, secret: int | None = None,
                echo: bool = True) -> list[Finding]:
     """Probe one finished seed; write probe.json (findings, facts, the secret) and return the findings."""
     train, evaluation = seedfolder.read_record(out, "train"), seedfolder.read_record(out, "eval")
@@ -303,7 +304,7 @@ def _write(out: Path, findings: list[Finding], facts: dict[str, Any], plan_facts
     seedfolder.write_probe(out, {"findings": [f.to_dict() for f in findings], "facts": facts, "plan": plan_facts})
 
 
-def probe_and_verify(out: Path, rules, backend: Backend, canaries: int = 2, cuts: int = 1, secret: int | None = None,
+def probe_and_verify(out: Path, rules, backend: Backend, canaries: int = CANARIES, cuts: int = CUTS, secret: int | None = None,
                      echo: bool = True):
     """Probe a finished seed and write its verdict again, now with the probe's findings."""
     from harness.run.judge import verify
