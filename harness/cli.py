@@ -7,9 +7,11 @@ error a user can cause is caught here and printed as one line, never a traceback
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import math
 import re
+import signal
 import uuid
 import sys
 from pathlib import Path
@@ -549,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     args = _parser().parse_args(argv)
+    if argv is None and hasattr(signal, "SIGUSR1"):  # the command itself: `kill -USR1` prints where it is, for a hang
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return args.handler(args)
     except (UsageError, RulesError, DataError) as exc:

@@ -277,7 +277,13 @@ def test_ctrl_c_stops_and_removes_the_running_container(engine, tmp_path):
     try:
         _wait_for_container(engine, out)
         harness.send_signal(signal.SIGINT)
-        _, stderr = harness.communicate(timeout=60)
+        try:
+            _, stderr = harness.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # keep the evidence: where every thread of the harness is
+            harness.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            harness.kill()
+            pytest.fail("pgolf run did not exit 60 s after SIGINT; its threads:\n" + harness.communicate()[1])
     finally:
         harness.kill()
     assert harness.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
