@@ -112,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     backend = _backend(args)
     if args.probe and args.legacy:
         raise UsageError("--probe reruns the eval phase: a --legacy run has none")
+    sampling = _sampling(args)
     rules.track(args.track)  # an unknown track stops here
     _folders((args.submission, "submission folder"))
     _dataset(args.data, args.tokenizer)
@@ -131,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             verdict = run_seed(spec, rules).to_dict()
             if args.probe:
-                verdict = probe_and_verify(spec.out, rules, backend, echo=not args.quiet).to_dict()
+                verdict = probe_and_verify(spec.out, rules, backend, sampling, echo=not args.quiet).to_dict()
             stamp_run(spec.out, run_id)
         except KeyboardInterrupt:
             print(f"pgolf: interrupted; the running phase was stopped{' and its container removed' if args.container else ''}"
@@ -194,15 +195,27 @@ def cmd_phase_eval(args: argparse.Namespace) -> int:
     return 0 if not record["skipped"] and phase_succeeded(record, out) else 1
 
 
+def _sampling(args: argparse.Namespace):
+    """--canaries and --cuts as the probe's Sampling, None when no probe is asked for (then they are an error)."""
+    from harness.run.probe import Sampling
+
+    given = {name: value for name in ("canaries", "cuts") if (value := getattr(args, name)) is not None}
+    if not getattr(args, "probe", True):
+        if given:
+            raise UsageError(f"--{next(iter(given))} shapes a probe: add --probe")
+        return None
+    sampling = Sampling(**given)
+    if sampling.canaries < 1 or sampling.cuts < 0:
+        raise UsageError(f"--canaries {sampling.canaries} --cuts {sampling.cuts}: expected at least one canary and "
+                         "no negative number of cuts")
+    return sampling
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
-    from harness.run.probe import CANARIES, CUTS, probe_and_verify
+    from harness.run.probe import probe_and_verify
 
     _folders((args.run, "run folder"))
-    canaries = CANARIES if args.canaries is None else args.canaries
-    cuts = CUTS if args.cuts is None else args.cuts
-    if canaries < 1 or cuts < 0:
-        raise UsageError(f"--canaries {canaries} --cuts {cuts}: expected at least one canary and no "
-                         "negative number of cuts")
+    sampling = _sampling(args)
     wanted = _seeds(args.seeds) if args.seeds else None
     folders = sorted(p for p in args.run.iterdir() if re.fullmatch(r"seed_-?\d+", p.name)
                      and (wanted is None or int(p.name[5:]) in wanted))
@@ -211,7 +224,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     backend, rules, worst = _backend(args), load_rules(args.rules), 0
     for folder in folders:
         try:
-            verdict = probe_and_verify(folder.resolve(), rules, backend, canaries, cuts, args.secret,
+            verdict = probe_and_verify(folder.resolve(), rules, backend, sampling, args.secret,
                                        echo=not args.quiet).to_dict()
         except KeyboardInterrupt:
             print(f"pgolf: interrupted; {folder / 'probe'} is unfinished", file=sys.stderr)
@@ -244,7 +257,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
                            track=args.track, legacy=args.legacy, resume=args.resume, merge=tuple(args.merge or ()),
                            against=args.against, train_limit_s=_seconds("--train-limit", args.train_limit),
                            eval_limit_s=_seconds("--eval-limit", args.eval_limit), echo=not args.quiet,
-                           probe=args.probe,
+                           probe=_sampling(args),
                            backend=_backend(args))
     try:
         verdict = rerun(request, load_rules(args.rules)).to_dict()
@@ -344,6 +357,10 @@ def _parser() -> argparse.ArgumentParser:
     quiet.add_argument("-q", "--quiet", action="store_true", help="print nothing; rely on the exit code and files")
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", help="also list passes inside failing groups")
+    probing = argparse.ArgumentParser(add_help=False)
+    probing.add_argument("--canaries", type=int, help="probe: canary runs, each a change point too (default 1)")
+    probing.add_argument("--cuts", type=int, help="probe: more change points, runs with other text after a random "
+                         "position (default 0)")
     container = argparse.ArgumentParser(add_help=False)
     container.add_argument("--container", action="store_true", help="run every phase of every seed as its own "
                            "container of the pgolf image, through the Docker engine")
@@ -368,7 +385,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary for a CI step")
     check.set_defaults(handler=cmd_check)
 
-    run = commands.add_parser("run", parents=[rules, verbose, quiet, container], help="one seeded run as isolated, timed train and eval phases",
+    run = commands.add_parser("run", parents=[rules, verbose, quiet, container, probing], help="one seeded run as isolated, timed train and eval phases",
                               description="Run a submission's train phase (training shards only, must leave an "
                               "artifact) and eval phase (artifact + validation shards, no network) under torchrun; "
                               "the harness measures the clocks, counts the artifact bytes, computes val_bpb itself "
@@ -392,7 +409,7 @@ def _parser() -> argparse.ArgumentParser:
                      "again on streams the harness builds, to judge causality and unread targets by behaviour")
     run.set_defaults(handler=cmd_run)
 
-    probe = commands.add_parser("probe", parents=[rules, verbose, quiet, container],
+    probe = commands.add_parser("probe", parents=[rules, verbose, quiet, container, probing],
                                 help="rerun a finished run's eval job on probe streams: causal scores, targets unread",
                                 description="For each seed of RUNDIR, run its eval job again (same code, artifact and "
                                 "sandbox) on validation streams the harness builds: two controls (the noise floor), "
@@ -402,9 +419,6 @@ def _parser() -> argparse.ArgumentParser:
                                 "the verdict again; exit 0 pass or warn, 1 fail.")
     probe.add_argument("run", type=Path, metavar="RUNDIR", help="a `pgolf run` folder")
     probe.add_argument("--seeds", help="comma-separated seeds to probe (default: every seed_<s> folder)")
-    probe.add_argument("--canaries", type=int, help="canary runs, each a change point too (default 1)")
-    probe.add_argument("--cuts", type=int, help="more change points: runs with other text after a random "
-                       "position (default 0)")
     probe.add_argument("--secret", type=int, help="the secret that picks the streams (default: drawn now); give "
                        "the one a probe.json records to rebuild its streams")
     probe.set_defaults(handler=cmd_probe)
@@ -446,7 +460,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("out", type=Path, metavar="SEEDDIR", help="the seed's folder")
     verify.set_defaults(handler=cmd_verify)
 
-    rerun = commands.add_parser("rerun", parents=[rules, verbose, quiet, container], help="reproduce a submission's claimed seeds "
+    rerun = commands.add_parser("rerun", parents=[rules, verbose, quiet, container, probing], help="reproduce a submission's claimed seeds "
                                 "and judge its claims", description="Run each seed a submission folder claims again "
                                 "(phases, or one job with --legacy) into RUNDIR/seed_<s>/, and compare per seed: "
                                 "val_bpb (difference, and in claimed standard deviations), artifact bytes, train and "

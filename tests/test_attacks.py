@@ -6,7 +6,8 @@ and the shared attack_cases/cheat.py; a folder without one runs examples/tiny it
 expect.json: "why", the verdict "status", the "codes" that must be present with their status,
 "blocked" (the log must show the cheat's own "cheat blocked: ..." crash, so a crash for another
 reason does not count), optional "rules" (merged over rules.yaml), "probe" (run with --probe: the
-eval job rerun on probe streams, harness.run.probe), "ship" (files of N bytes added
+eval job rerun on probe streams, harness.run.probe; a list adds its options, e.g. ["--cuts", "2"] for
+a cheat a single change point misses when it falls on a window's first position), "ship" (files of N bytes added
 to the submission), "serve" (a host Unix socket an accomplice serves bytes on), "native"/"container"
 (overrides where the mechanism differs) and "known_gap" (a hole the harness still has: the test
 xfails, strictly, and only because the run PASSED, i.e. the cheat worked; any other failure fails).
@@ -135,7 +136,7 @@ def test_attack(case, backend, tmp_path, request):
     if "rules" in expect:
         argv += ["--rules", str(rules_file(expect["rules"], tmp_path / "rules.yaml"))]
     if expect.get("probe"):
-        argv.append("--probe")
+        argv += ["--probe", *(expect["probe"] if isinstance(expect["probe"], list) else [])]
     if backend == "container":
         argv += ["--container", "--image", request.getfixturevalue("image")]
     env = {**os.environ, "TINY_STEPS": "5", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

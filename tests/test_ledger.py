@@ -11,7 +11,7 @@ import pytest
 
 from harness.client.pgolf_events import Events, audit_positions
 from harness.run.events import EventServer
-from harness.run.ledger import Ledger
+from harness.run.ledger import KEPT_FOR_PROBES, Ledger
 
 N = 2001  # stream positions; targets are 1 … 2000
 TOKENS = np.random.default_rng(0).integers(0, 50, size=N).astype(np.uint16)
@@ -270,10 +270,20 @@ def test_protocol_2_audits_are_chosen_after_the_scores_and_differ_per_run(tmp_pa
     assert 30 <= len(runs[0]) <= 110 and runs[0] != runs[1]
 
 
-def test_kept_rows_are_always_asked_for():
-    ledger = Ledger(TOKENS, [], keep_rows=(7, 1234))
-    assert 7 in ledger.ask_audits(1, 100) and 1234 not in ledger.ask_audits(100, 1000)
-    assert 1234 in ledger.ask_audits(1000, N)
+def test_the_evaluation_keeps_its_first_asked_rows_for_probes_and_no_row_it_did_not_ask_for():
+    ledger = Ledger(TOKENS, [9], keep_rows=True)  # 9: foreseen by a protocol-1 client
+    asked = ledger.ask_audits(1, N)
+    for p in range(1, N):
+        ledger.score(p, np.array([nll_at(p)], np.float32), 0, 0.0)
+    for p in sorted({*asked, 9, 1, 500, 1999}):  # 1, 500, 1999: sent without being asked (unless drawn)
+        ledger.audit(p, distribution(p), 0)
+    assert set(ledger.rows) == ({*asked, 9} & set(range(1, N)))  # memory bounded by what the harness asked
+    basis = ledger.probes_basis()
+    kept = sorted(p for p in ledger.rows if p >= 2)[:KEPT_FOR_PROBES]
+    assert basis["positions"].tolist() == kept and basis["nll"].size == kept[-1] + 1
+    assert basis["nll"][kept[0]] == pytest.approx(nll_at(kept[0])) and (basis[f"row_{kept[0]}"] == distribution(kept[0])).all()
+    assert set(kept) <= set(basis["audited"].tolist()) and max(basis["audited"]) <= kept[-1]
+    assert Ledger(TOKENS, [9]).probes_basis()["positions"].size == 0  # a probe run keeps nothing
 
 
 def test_a_protocol_1_client_audits_what_it_foresaw_and_the_verdict_says_so(tmp_path):

@@ -25,7 +25,7 @@ import reprlib
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.check import submission_json
 from harness.atomic import write_text_atomic
@@ -42,6 +42,9 @@ from harness.check.significance import compare, resolve_frontier, significance_f
 from harness.run import seedfolder
 from harness.run.backend import Backend, Native
 from harness.verdict import Verdict
+
+if TYPE_CHECKING:
+    from harness.run.probe import Sampling
 
 PLAN = "rerun.json"  # the options a rerun folder was started with; --resume must repeat them
 
@@ -86,7 +89,7 @@ class RerunRequest:
     eval_limit_s: float | None = None
     echo: bool = True
     backend: Backend = Native()  # where each seed's jobs run
-    probe: bool = False  # probe each seed (harness.run.probe) once its run is finished
+    probe: Sampling | None = None  # probe each seed (harness.run.probe) once its run is finished
 
 
 def rerun(request: RerunRequest, rules: Rules) -> Verdict:
@@ -214,7 +217,7 @@ def run_seeds(request: RerunRequest, claimed: Claimed, seeds: list[int],
             _say(request, f"seed {seed}: finished earlier, kept ({seed_dir})")
         if request.probe and seedfolder.read_probe(seed_dir) is None:
             _say(request, f"seed {seed}: probing")
-            verdict = probe_and_verify(seed_dir, rules, request.backend, echo=request.echo).to_dict()
+            verdict = probe_and_verify(seed_dir, rules, request.backend, request.probe, echo=request.echo).to_dict()
         runs[seed] = (seed_dir, verdict)
     return runs
 

@@ -26,6 +26,7 @@ from harness.findings import FAIL, INFO, PASS, WARN, Finding
 
 EXAMPLES = 5  # violations quoted per kind; the rest are counted
 AUDITS = 64  # distributions asked for over a whole stream (protocol 2: at random, after the scores arrived)
+KEPT_FOR_PROBES = 4  # the evaluation's first audited positions kept for `pgolf probe`: at most this many canaries
 
 
 @dataclass
@@ -38,10 +39,10 @@ class Ledger:
     """Positions 1 … n_tokens-1 of the validation stream are the targets; 0 (the first BOS) is not."""
 
     def __init__(self, tokens: np.ndarray, audit_positions: list[int], tolerance: float = 1e-3,
-                 enough_at: int | None = None, keep_rows: tuple[int, ...] = ()):
+                 enough_at: int | None = None, keep_rows: bool = False):
         """`audit_positions`: those a protocol-1 client foresees from PGOLF_AUDIT_SEED; `enough_at`: set `enough`
-        once every position 1 … enough_at is scored (a probe run needs no more); `keep_rows`: positions whose
-        whole distribution is kept in `rows` (a probe's canaries), always asked for from a protocol-2 client."""
+        once every position 1 … enough_at is scored (a probe run needs no more); `keep_rows`: keep the whole
+        distribution sent for each position the harness audits (the evaluation's, for `probes_basis`)."""
         self.tokens = np.asarray(tokens)
         self.n = int(self.tokens.size)
         self.count = np.zeros(self.n, dtype=np.uint8)
@@ -57,7 +58,7 @@ class Ledger:
         self.updates: list[tuple[float, int, int, int]] = []  # (sent, start, end, rank)
         self._judged = False
         self.problems: dict[str, _Kind] = {}
-        self.keep_rows, self.rows = set(keep_rows), {}
+        self.keep_rows, self.rows = keep_rows, {}
         self.enough = threading.Event()
         self._enough_at = self.n - 1 if enough_at is None else min(enough_at, self.n - 1)
         self._unscored = self._enough_at  # positions 1 … enough_at not scored yet
@@ -97,13 +98,12 @@ class Ledger:
 
     def ask_audits(self, start: int, end: int) -> list[int]:
         """Positions of a scores frame just received whose distribution the job must send now: each target with
-        probability AUDITS / targets, plus any kept row, so about AUDITS over the stream and none foreseeable."""
+        probability AUDITS / targets, so about AUDITS over the stream and none foreseeable."""
         lo, hi = max(start, 1), min(end, self.n)
         if hi <= lo:
             return []
         count = int(self._pick.binomial(hi - lo, min(1.0, AUDITS / max(self.n - 1, 1))))
         picked = {lo + int(i) for i in self._pick.choice(hi - lo, size=count, replace=False)} if count else set()
-        picked |= {p for p in self.keep_rows if lo <= p < hi}
         self.asked |= picked
         return sorted(picked)
 
@@ -151,8 +151,18 @@ class Ledger:
         target = int(self.tokens[position])
         picked = -float(logprobs[target]) if target < logprobs.size else math.inf
         self.audits[position] = (lse, picked)
-        if position in self.keep_rows:
+        if self.keep_rows and (position in self.asked or position in self.foreseen):  # never more than asked for
             self.rows[position] = np.array(logprobs, dtype=np.float32)
+
+    def probes_basis(self) -> dict[str, np.ndarray]:
+        """What `pgolf probe` compares its runs against, so that the evaluation itself is the first control: its
+        first KEPT_FOR_PROBES audited positions from 2 on (where canaries may go), the distributions it sent
+        there, its NLLs up to the last of them and which of those positions it was audited at."""
+        kept = sorted(p for p in self.rows if p >= 2)[:KEPT_FOR_PROBES]
+        horizon = kept[-1] if kept else 0
+        return {"positions": np.array(kept, dtype=np.int64), "nll": self.nll[:horizon + 1].copy(),
+                "audited": np.array(sorted(p for p in self.audits if p <= horizon), dtype=np.int64),
+                **{f"row_{p}": self.rows[p] for p in kept}}
 
     def findings(self) -> list[Finding]:
         """C4 coverage, C3 ordering and C2 normalisation, as findings of check `ledger`."""

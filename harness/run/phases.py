@@ -171,9 +171,10 @@ def eval_phase(phase: PhaseSpec, rules: Rules, data_digest: str | None = None) -
     findings += judge.digest_findings("eval", artifact_before, train.get("artifact_digest"), "artifact",
                                       "since the train phase ended")
     audit_seed = secrets.randbits(63)  # drawn per run, so no run can tell which positions another one audits
-    ledger = Ledger(tokens, audit_positions(audit_seed, len(tokens)))
+    ledger = Ledger(tokens, audit_positions(audit_seed, len(tokens)), keep_rows=True)
     process, got = run_job(phase, "eval", train["seed"], train["nproc"], tokenizer.name, ledger,
                            audit_seed=audit_seed)
+    seedfolder.write_eval_scores(phase.out, ledger.probes_basis())
     ended = judge.teardown_signal("eval", judge.job_signal(process, seedfolder.log_path(phase.out, "eval")), got,
                                   scored_all=bool((ledger.count[1:] > 0).all()))
     findings += judge.process_findings("eval", process, got, phase.limit_s, ended)

@@ -13,6 +13,8 @@ where the verdict is written, not later when rerun or export read it.
       phase_eval.json
       train.log, eval.log   the jobs' output (legacy.log for a --legacy run)
       events_<phase>.jsonl  what the submission told the event server
+      eval_scores.npz       the evaluation's NLLs up to its 4th audited position and the distributions it
+                            sent at those positions: what `pgolf probe` compares its runs against
       verdict.json          written last, atomically: its presence marks the seed finished
       probe/                `pgolf probe`: one folder per probe run (its eval.log and events) and
                             probe.json, its findings, facts and the secret that chose its streams
@@ -22,10 +24,13 @@ where the verdict is written, not later when rerun or export read it.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from harness.atomic import write_text_atomic
+import numpy as np
+
+from harness.atomic import atomic_open, write_text_atomic
 from harness.findings import UsageError
 from harness.logs import read_log
 from harness.rules import Rules
@@ -34,6 +39,7 @@ from harness.validation import errors
 
 CODE, ARTIFACT, DATA, PROBE = "code", "artifact", "data", "probe"
 VERDICT = "verdict.json"
+EVAL_SCORES = "eval_scores.npz"
 RUN_ID = "run_id"
 LEGACY_PHASE = "legacy"  # the one job of a --legacy run; its output is legacy.log
 
@@ -59,7 +65,7 @@ def private_paths(out: Path) -> tuple[Path, ...]:
     """What the harness writes about a seed and no job may see or touch: records, event logs, job logs, verdict."""
     phases = ("train", "eval", LEGACY_PHASE)
     return (*(record_path(out, p) for p in phases), *(events_path(out, p) for p in phases),
-            *(log_path(out, p) for p in phases), out / VERDICT, out / PROBE)
+            *(log_path(out, p) for p in phases), out / VERDICT, out / EVAL_SCORES, out / PROBE)
 
 
 def write_record(out: Path, phase: str, record: dict[str, Any]) -> None:
@@ -96,6 +102,29 @@ def read_record(out: Path, phase: str) -> dict[str, Any] | None:
     if problem is not None:
         raise UsageError(f"{path}: not a {phase} phase record as pgolf writes it: {problem}")
     return record
+
+
+def write_eval_scores(out: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_open(out / EVAL_SCORES, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def read_eval_scores(out: Path) -> dict[str, np.ndarray] | None:
+    """The evaluation's kept scores (Ledger.probes_basis), None when the seed has none (evaluated before pgolf kept
+    them); a file that is not one is a usage error naming it."""
+    path = out / EVAL_SCORES
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            kept = {name: arrays[name] for name in arrays.files}
+        positions, nll = kept["positions"], kept["nll"]
+        if positions.ndim != 1 or nll.ndim != 1 or (positions.size and positions[-1] >= nll.size) \
+                or any(kept.get(f"row_{p}") is None for p in positions.tolist()):
+            raise ValueError("positions, NLLs and rows do not agree")
+        return kept
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"{path}: not the evaluation's scores as pgolf keeps them ({exc})") from None
 
 
 def probe_record_path(out: Path) -> Path:
