@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, REPO
-from harness.run.container import LABEL, ContainerJob, connect, container_config, prepare
+from harness.run.container import LABEL, ContainerJob, connect, container_config, containers, prepare
 from harness.data.shards import train_shards, val_shards
 from harness.findings import UsageError
 from harness.run.jobs import start_ticks
@@ -64,7 +64,7 @@ def pgolf(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -
 
 def labelled(client, run: Path) -> list:
     """Every container, running or not, of the run folder `run`."""
-    return client.containers.list(all=True, filters={"label": f"{LABEL}.run={run}"})
+    return containers(client, {"label": f"{LABEL}.run={run}"})
 
 
 def statuses(verdict) -> dict[str, str]:
@@ -323,6 +323,31 @@ def test_the_next_run_removes_what_a_killed_harness_left(engine, tmp_path, capsy
     prepare(IMAGE, None)  # what `pgolf run --container` does first
     assert "removed 1 container(s) left by a pgolf run that was killed" in capsys.readouterr().err
     assert labelled(engine, tmp_path) == []
+
+
+def test_a_container_removed_between_listing_and_inspection_is_left_out(engine, tmp_path, monkeypatch):
+    """Two pgolf runs on one engine: one's `clean` lists the other's container just as that run removes it."""
+    code = tmp_path / "code"
+    code.mkdir()
+    for k in range(2):
+        job = ContainerJob(IMAGE, "train", ["true"], {}, code, code, code, None, tmp_path / "x.log", 60, 1,
+                           {"run": str(tmp_path), "seed": str(k)})
+        engine.containers.create(**container_config(job, gpus=0, user="65534:65534",
+                                                    name=f"pgolf-race-{uuid.uuid4().hex[:8]}"))
+    listing = engine.api.containers
+
+    def list_then_remove(*args, **kwargs):  # the other run's removal, for real, right after the listing
+        summaries = listing(*args, **kwargs)
+        engine.api.remove_container(summaries[0]["Id"], force=True)
+        return summaries
+
+    monkeypatch.setattr(engine.api, "containers", list_then_remove)
+    try:
+        assert len(containers(engine, {"label": f"{LABEL}.run={tmp_path}"})) == 1
+    finally:
+        monkeypatch.undo()
+        for left in labelled(engine, tmp_path):
+            left.remove(force=True)
 
 
 @pytest.mark.parametrize("how", ["stopped", "absent"])

@@ -221,13 +221,27 @@ def _owner_alive(owner: str) -> bool:
     return pid.isdigit() and start_ticks(int(pid)) == ticks
 
 
+def containers(client, filters: dict[str, str]) -> list:
+    """The containers the engine lists for `filters`, each inspected; one removed between the listing and its
+    inspection (by another pgolf run, its `clean`, or the engine) is left out instead of raising NotFound."""
+    import docker
+
+    found = []
+    for summary in client.api.containers(all=True, filters=filters):
+        try:
+            found.append(client.containers.get(summary["Id"]))
+        except docker.errors.NotFound:
+            pass
+    return found
+
+
 def clean(client=None) -> tuple[list[str], list[str]]:
     """Remove every pgolf container whose harness is gone; return (removed, still in use) names."""
     client = client or connect()
     removed, in_use = [], []
     import docker
 
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}.run"}):
+    for container in containers(client, {"label": f"{LABEL}.run"}):
         if _owner_alive(container.labels.get(f"{LABEL}.owner", "")):
             in_use.append(container.name)
             continue
@@ -491,7 +505,7 @@ def _finish(client, container, watch: _Watch, timings: dict[str, float]) -> tupl
     except docker.errors.NotFound:
         pass
     timings["remove_s"] = time.monotonic() - t
-    removed = not client.containers.list(all=True, filters={"id": container.id})
+    removed = not client.api.containers(all=True, filters={"id": container.id})
     return attrs, survivors, removed
 
 
