@@ -365,9 +365,8 @@ def _run(client, job: ContainerJob, config: dict[str, Any]):
         except docker.errors.APIError as exc:
             raise UsageError(f"the engine refused to create the {job.phase} container: {exc.explanation}") from None
         timings["create_s"] = time.monotonic() - t
-        watch = _Watch(container, job, log)
+        watch = _Watch(container, job, log, gate)
         try:
-            gate.open()
             watch.run(timings)
         except BaseException:  # Ctrl-C / SIGTERM to the harness, or the engine failed: leave nothing
             _kill(container, "SIGKILL")
@@ -381,8 +380,8 @@ def _run(client, job: ContainerJob, config: dict[str, Any]):
 class _Watch:
     """One running container: its output, its clock, its deadline and its network counters."""
 
-    def __init__(self, container, job: ContainerJob, log):
-        self.container, self.job = container, job
+    def __init__(self, container, job: ContainerJob, log, gate: InterruptGate):
+        self.container, self.job, self.gate = container, job, gate
         self.output = Output(log, job.echo)
         self.started = self.ended = self.sigterm_at = self.pid = None
         self.timed_out = self.waiting = False
@@ -424,7 +423,13 @@ class _Watch:
         self.exited.set()
 
     def wait(self, timeout: float | None) -> bool:
-        return self.exited.wait(timeout)
+        """The one place Ctrl-C lands: while waiting, never inside a call to the engine, which it could leave
+        half-read (signals that come during one are held until here)."""
+        self.gate.open()
+        try:
+            return self.exited.wait(timeout)
+        finally:
+            self.gate.close()
 
     def terminate(self) -> None:
         """At the limit: SIGTERM, which the container's init forwards to torchrun."""
