@@ -352,6 +352,47 @@ def test_ttt_scores_each_chunk_before_training_on_it_and_never_trains_on_the_las
         assert abs(np.log(np.exp(row).sum())) < 1e-4 and math.isclose(-row[tokens[pos]], nll[pos - 1], rel_tol=1e-5)
 
 
+def _scored_nlls(model: T.GPT, tokens: np.ndarray, cfg, sp) -> np.ndarray:
+    sink = Recorder(model)
+    T.evaluate(model, tokens, cfg, CPU, sink, T.byte_table(sp, sp.vocab_size()))
+    return np.concatenate([c[3] for c in sorted((c for c in sink.calls if c[0] == "scores"), key=lambda c: c[1])])
+
+
+def test_regionally_compiled_evaluation_scores_as_the_eager_one_with_one_graph_per_kind_of_block(tiny, sp):
+    """EVAL_COMPILE=regions compiles each block and the head on their own; the blocks must share their graphs
+    (a per-block constant would give each block its own: start-up would grow with depth again), and scores,
+    TTT included, must be the eager model's."""
+    tokens = read_tokens(val_shards(DEMO_DATASET))[:1200]
+    cfg = replace(tiny, ttt_chunk_tokens=400, ttt_epochs=1, ttt_batch_seqs=4)
+    torch.manual_seed(0)
+    eager_model = randomized(T.GPT(cfg, sp.vocab_size(), "plain"), seed=2)
+    eager_model.looping = True
+    compiled_model = T.GPT(cfg, sp.vocab_size(), "plain")
+    compiled_model.load_state_dict(eager_model.state_dict())
+    compiled_model.looping = True
+    eager = _scored_nlls(eager_model, tokens, replace(cfg, compile="0"), sp)
+    torch._dynamo.reset()
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled = _scored_nlls(compiled_model, tokens, replace(cfg, compile="1", eval_compile="regions"), sp)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - before
+    kinds = len({block.parallel for block in compiled_model.blocks})
+    # each kind of block with and without grad, logits, logits + loss; the first window runs eagerly
+    assert graphs == 2 * kinds + 2, graphs
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_runs_with_deterministic_algorithms_and_restores_the_settings_after():
+    import os
+    state = lambda: (torch.are_deterministic_algorithms_enabled(), torch._inductor.config.deterministic,  # noqa: E731
+                     os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    before = state()
+    with T.deterministic_algorithms():
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch._inductor.config.deterministic
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")
+    assert state() == before
+
+
 def test_code_size_line_matches_what_pgolf_check_counts(rules):
     scan = scan_code(SUBMISSION, rules)
     assert sorted(p.name for p in scan.counted) == ["pgolf_events.py", "train_gpt.py"]
