@@ -1,18 +1,17 @@
-"""Benchmark: how long the reference submission's evaluation graphs take to compile, whole or block by block.
+"""Benchmark: how long the reference submission's evaluation graphs take to compile, whole or by region.
 
-Every eval job of submission/ compiles two graphs before it scores (`warm_up_eval`: sliding-window logits,
-and the score-first TTT step's forward and backward), ≈ 80 s on one H100 — and a behavioural probe run
-(issue 17) is one more eval job, so that start-up is nearly all of a probe's cost. This measures, each in a
-fresh process with empty Inductor and Triton caches, on the full-size model (PRESET, default h100x1, looped,
-random weights, no data):
-- `whole`: what submission/ does today: `torch.compile` of `tail_logits` and of the model (17 virtual layers
-  unrolled into each graph);
-- `blocks`: regional compilation: each Block compiled on its own (`nn.Module.compile`), with its norm scale
-  made a buffer so that the eleven blocks share their compiled code (one graph for sequential blocks, one for
-  parallel ones), the rest of the model eager.
-For each: the warm-up seconds, how many graphs Dynamo compiled, and the steady-state seconds of a scoring
-batch (eval_batch_seqs windows) and of a TTT step (forward + backward), median of 5.
-Usage: python benchmarks/eval_compile_h100.py [--mode whole|blocks] [--preset h100x1]
+Every eval job of submission/ compiles its graphs before it scores (`warm_up_eval`: sliding-window logits,
+and the score-first TTT step's forward and backward) — and a behavioural probe run (issue 17) is one more
+eval job, so that start-up is nearly all of a probe's cost. This measures, each in a fresh process with
+empty Inductor and Triton caches, on the full-size model (PRESET, default h100x1, looped, random weights,
+no data), the submission's two settings of EVAL_COMPILE:
+- `whole`: `torch.compile` of `tail_logits` and of the model (17 virtual layers unrolled into each graph);
+- `regions` (the default): each Block compiled on its own, the eleven sharing their code (one graph per kind
+  of block and grad mode), and the output head (logits, and logits + loss) compiled on its own.
+For each: the warm-up seconds, how many graphs Dynamo compiled by then and after the timing (a recompile
+in between would show), and the steady-state seconds of a scoring batch (eval_batch_seqs windows) and of a
+TTT step (forward + backward), median of 5; under the deterministic settings the evaluation runs with.
+Usage: python benchmarks/eval_compile_h100.py [--mode whole|regions] [--preset h100x1]
 """
 from __future__ import annotations
 
@@ -36,20 +35,13 @@ def measure(mode: str, preset: str) -> dict:
     import train_gpt as T
 
     torch._dynamo.config.cache_size_limit = 64  # a limit hit would fall back to eager silently
-    cfg = T.load_config({"PRESET": preset, "COMPILE": "1"})
+    T.deterministic_algorithms().__enter__()  # as run_eval compiles and scores; this process ends after
+    cfg = T.load_config({"PRESET": preset, "COMPILE": "1", "EVAL_COMPILE": mode})
     ctx = T.setup_dist(cfg)
     vocab = 8192
     model = T.GPT(cfg, vocab, T.pick_attention_backend(cfg.attn_backend, ctx.device), ctx.dtype).to(ctx.device)
     model.looping = cfg.num_loops > 0
-    if mode == "blocks":
-        for block in model.blocks:
-            scale = block.norm_scale
-            del block.norm_scale
-            block.register_buffer("norm_scale", torch.tensor(scale, device=ctx.device), persistent=False)
-            block.compile(fullgraph=True, dynamic=False)
-        tail_fn, loss_fn = model.tail_logits, model
-    else:
-        tail_fn, loss_fn = T.maybe_compile(model.tail_logits, cfg, ctx), T.maybe_compile(model, cfg, ctx)
+    tail_fn, loss_fn = T.eval_functions(model, cfg, ctx)
     params = list(model.parameters())
     for p in params:
         p.grad = torch.zeros_like(p)
@@ -63,7 +55,8 @@ def measure(mode: str, preset: str) -> dict:
     sync()
     warm_up_s = time.perf_counter() - start
     rand = lambda *shape: torch.randint(0, vocab, shape, device=ctx.device)  # noqa: E731
-    windows, pair = rand(cfg.eval_batch_seqs, cfg.eval_seq_len), (rand(cfg.ttt_batch_seqs, cfg.eval_seq_len),) * 2
+    windows = rand(cfg.eval_batch_seqs, cfg.eval_seq_len)
+    pair = rand(cfg.ttt_batch_seqs, cfg.eval_seq_len), rand(cfg.ttt_batch_seqs, cfg.eval_seq_len)  # not aliased
 
     def timed(fn) -> float:
         times = []
@@ -84,23 +77,25 @@ def measure(mode: str, preset: str) -> dict:
             loss = loss_fn(*pair, "sum")
         loss.backward()
 
-    graphs = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    graphs = lambda: int(torch._dynamo.utils.counters["stats"]["unique_graphs"])  # noqa: E731
+    after_warm_up = graphs()
     return {"mode": mode, "preset": preset, "device": str(ctx.device), "torch": torch.__version__,
-            "warm_up_s": round(warm_up_s, 2), "graphs": graphs, "score_batch_s": round(timed(score), 5),
-            "ttt_step_s": round(timed(ttt_step), 5), "score_batch_windows": cfg.eval_batch_seqs,
+            "warm_up_s": round(warm_up_s, 2), "graphs": after_warm_up, "score_batch_s": round(timed(score), 5),
+            "ttt_step_s": round(timed(ttt_step), 5), "graphs_after_timing": graphs(),
+            "score_batch_windows": cfg.eval_batch_seqs,
             "ttt_batch_seqs": cfg.ttt_batch_seqs, "seq_len": cfg.eval_seq_len}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("whole", "blocks"))
+    parser.add_argument("--mode", choices=("whole", "regions"))
     parser.add_argument("--preset", default="h100x1")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds each mode may take")
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(measure(args.mode, args.preset)), flush=True)
         return
-    for mode in ("blocks", "whole"):
+    for mode in ("regions", "whole"):
         with tempfile.TemporaryDirectory(prefix="pgolf-compile-") as caches:
             env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{caches}/inductor", "TRITON_CACHE_DIR": f"{caches}/triton"}
             started = time.perf_counter()
