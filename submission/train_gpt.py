@@ -1148,16 +1148,14 @@ def deterministic_algorithms():
     deterministic kernels where torch has them (warning where not), flash attention for TTT's backward, and no
     reduction order that Inductor picks by timing. Restored after, so training keeps its fastest kernels."""
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch._inductor.config.deterministic, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
-    os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[3] or ":4096:8"  # what torch asks of cuBLAS in this mode
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch._inductor.config.deterministic = True
+              os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[2] or ":4096:8"  # what torch asks of cuBLAS in this mode
+    torch.use_deterministic_algorithms(True, warn_only=True)  # recent torch: Inductor deterministic too
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch._inductor.config.deterministic = before[2]
-        if before[3] is None:
+        if before[2] is None:
             del os.environ["CUBLAS_WORKSPACE_CONFIG"]
 
 
