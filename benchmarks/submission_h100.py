@@ -4,8 +4,8 @@ Made for the device tool (one H100, no network, no FineWeb): it builds an 8,192-
 model from the demo corpus and challenge-format shards of random tokens, checks that the attention
 backends agree on the GPU and times them, then runs `pgolf run --submission submission --nproc 1`
 with a short wall-clock budget, so the harness measures training, GPTQ + brotli and evaluation
-with score-first TTT on a slice of validation tokens. Prints a summary read off the phase logs and
-the verdict; raw files land in --out.
+with score-first TTT on a slice of validation tokens. Prints pgolf's output as it comes (timed), then a
+summary read off the phase logs and the verdict; raw files land in --out.
 Usage: python benchmarks/submission_h100.py --out DIR [--train-seconds 60] [--val-tokens 1000000] [--probe]
 Fits one 600 s device call: 315 s measured with --val-tokens 300000 (compile ≈75 s, brotli 11 ≈2 min).
 """
@@ -17,9 +17,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -157,11 +159,18 @@ def main() -> None:
            "--seeds", "1", "--data", str(data), "--tokenizer", str(work / "sp8192_demo.model"),
            "--out", str(work / "run")] + (["--probe"] if args.probe else [])
     start = time.perf_counter()
-    try:
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.deadline)
-        tail = run.stdout[-4000:] + run.stderr[-4000:]
-    except subprocess.TimeoutExpired as exc:
-        tail = f"pgolf run passed the {args.deadline:g} s deadline\n" + str(exc.stdout or "")[-4000:]
+    # printed as it comes, so that a call cut short by the device's own limit still shows how far it got
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+        def stop() -> None:  # at the deadline: Ctrl-C (pgolf stops its jobs and says so), then kill
+            print(f"pgolf run passed the {args.deadline:g} s deadline: interrupting it", flush=True)
+            run.send_signal(signal.SIGINT)
+            threading.Timer(30.0, run.kill).start()
+
+        deadline = threading.Timer(args.deadline, stop)
+        deadline.start()
+        for line in run.stdout:
+            print(f"[{time.perf_counter() - start:6.1f}s] {line}", end="", flush=True)
+        deadline.cancel()
     wall = time.perf_counter() - start
     seed_dir = work / "run" / "seed_1"
     for name in ("train.log", "eval.log", "verdict.json"):
@@ -169,7 +178,6 @@ def main() -> None:
             shutil.copy(seed_dir / name, args.out / name)
     result = summary(seed_dir, wall) | {"attention": check}
     write_text_atomic(args.out / "summary.json", json.dumps(result, indent=2) + "\n")
-    print(tail[-3000:])
     print(json.dumps({k: v for k, v in result.items() if k not in ("findings", "attention")}, indent=2))
 
 
