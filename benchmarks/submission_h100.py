@@ -12,6 +12,7 @@ Fits one 600 s device call: 315 s measured with --val-tokens 300000 (compile ≈
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -60,33 +61,42 @@ def random_shards(folder: Path, train_tokens: int, val_tokens: int, vocab: int) 
 
 
 def attention_check() -> dict:
-    """Max |difference| to the plain path, and forward+backward ms of each SDPA backend at the records' shape."""
+    """Max |difference| to the plain path; forward+backward ms of each SDPA backend at the records' shape, and
+    whether two backward passes give the same gradient to the bit (flash also under the evaluation's
+    deterministic mode, which its TTT steps use)."""
     gen = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(8, 2048, 8, 64, device="cuda", dtype=torch.bfloat16, generator=gen)
     k, v = (torch.randn(8, 2048, 4, 64, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
     plain = T.attention(q[:2], k[:2], v[:2], "plain").float()
     out = {"max_abs_diff_sdpa_vs_plain": float((T.attention(q[:2], k[:2], v[:2], "sdpa").float() - plain).abs().max()),
            "plain_abs_mean": float(plain.abs().mean()), "fa3_available": T.flash_attn_3 is not None}
-    for name in ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION"):
+    cases = [("CUDNN_ATTENTION", False), ("FLASH_ATTENTION", False), ("EFFICIENT_ATTENTION", False),
+             ("FLASH_ATTENTION", True)]
+    for name, deterministic in cases:
+        key = name + ("_deterministic" if deterministic else "")
         backend = getattr(torch.nn.attention.SDPBackend, name)
         qq, kk, vv = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
+
+        def step() -> torch.Tensor:
+            qq.grad = None
+            with torch.nn.attention.sdpa_kernel(backend):
+                y = torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=True)
+            y.sum().backward()
+            return qq.grad
+
         try:
-            def step():
-                with torch.nn.attention.sdpa_kernel(backend):
-                    y = torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=True)
-                y.sum().backward()
-            for _ in range(3):
-                step()
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(20):
-                step()
-            end.record()
-            torch.cuda.synchronize()
-            out[f"{name}_fwd_bwd_ms"] = start.elapsed_time(end) / 20
+            with T.deterministic_algorithms() if deterministic else contextlib.nullcontext():
+                out[f"{key}_backward_bitwise_repeatable"] = bool(torch.equal(step().clone(), step()))
+                torch.cuda.synchronize()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(20):
+                    step()
+                end.record()
+                torch.cuda.synchronize()
+            out[f"{key}_fwd_bwd_ms"] = start.elapsed_time(end) / 20
         except RuntimeError as exc:
-            out[f"{name}_fwd_bwd_ms"] = f"unavailable: {str(exc).splitlines()[0][:120]}"
+            out[f"{key}_fwd_bwd_ms"] = f"unavailable: {str(exc).splitlines()[0][:120]}"
     return out
 
 
