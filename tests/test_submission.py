@@ -106,6 +106,8 @@ def test_presets_and_environment_overrides():
         T.load_config({"PRESET": "cpu-tiny", "XSA": "maybe"})
     with pytest.raises(SystemExit, match="PRESET='huge' is not one of"):
         T.load_config({"PRESET": "huge"})
+    with pytest.raises(SystemExit, match="EVAL_COMPILE='fast' is not regions or whole"):
+        T.eval_functions(T.GPT(cfg, 64), replace(cfg, eval_compile="fast"), CPU)
 
 
 def test_full_configuration_has_the_records_parameter_count():
