@@ -701,8 +701,8 @@ class EMA:
 
 
 def log(ctx: Dist, text: str) -> None:
-    if ctx.rank == 0:
-        print(text, flush=True)
+    if ctx.rank == 0:  # one write with its newline: torchrun's ranks share an unbuffered pipe
+        print(text + "\n", end="", flush=True)
 
 
 def lr_scale(frac: float, warmdown_frac: float) -> float:
