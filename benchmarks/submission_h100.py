@@ -174,7 +174,9 @@ def main() -> None:
         def stop() -> None:  # at the deadline: Ctrl-C (pgolf stops its jobs and says so), then kill
             print(f"pgolf run passed the {args.deadline:g} s deadline: interrupting it", flush=True)
             run.send_signal(signal.SIGINT)
-            threading.Timer(30.0, run.kill).start()
+            killer = threading.Timer(30.0, run.kill)
+            killer.daemon = True  # once pgolf has exited, this script need not wait the 30 s out
+            killer.start()
 
         deadline = threading.Timer(args.deadline, stop)
         deadline.start()
