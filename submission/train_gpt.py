@@ -103,7 +103,7 @@ class Config:
     adam_eps: float = 1e-8
     grad_clip: float = 0.3
     ema_decay: float = 0.9965
-    loader: str = "shard"       # shard: batches from one shard at a time | mixed: every batch from all shards
+    loader: str = "mixed"       # mixed: every batch from all shards | shard: batches from one shard at a time
     holdout_tokens: int = 262144  # tail of the training stream kept out of training, for monitoring
     holdout_every: int = 1000
     train_log_every: int = 100
@@ -132,7 +132,7 @@ class Config:
 
 PRESETS: dict[str, dict] = {
     "full": {},
-    "h100x1": {"grad_accum_steps": 8},
+    "h100x1": {"grad_accum_steps": 8, "attn_gate": False},  # the gate costs in one-GPU runs: docs/benchmarks.md
     "cpu-tiny": dict(
         num_layers=6, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=4, loop_start=2, loop_end=3, num_loops=1,
         parallel_from=4, train_seq_len=128, train_batch_tokens=2048, grad_accum_steps=1, max_wallclock_seconds=12.0,
@@ -279,7 +279,7 @@ class TrainLoader:
     """
 
     def __init__(self, files: list[str], seq_len: int, seqs_per_rank: int, ctx: Dist, seed: int, holdout: int,
-                 mode: str = "shard"):
+                 mode: str = "mixed"):
         if mode not in ("shard", "mixed"):
             raise SystemExit(f"train_gpt.py: LOADER={mode!r} is not one of shard, mixed")
         self.shards = [read_shard(f) for f in files]
@@ -378,7 +378,7 @@ def pick_attention_backend(requested: str, device: torch.device) -> str:
 
 # On CUDA the cuDNN kernel is the fastest for this shape with native GQA; the others are fallbacks. Its
 # backward is not deterministic, so where gradients must be (the evaluation's TTT) flash attention comes first,
-# whose backward is under torch.use_deterministic_algorithms; FA3 is asked for its deterministic backward.
+# whose backward is deterministic under strict_determinism; FA3 is asked for its deterministic backward.
 CUDA_SDPA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                    SDPBackend.MATH]
 DETERMINISTIC_GRAD_ORDER = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -1095,9 +1095,11 @@ def score_windows(tail_fn, windows, scorer: Scorer, cfg: Config, ctx: Dist, even
     return sums
 
 
-def ttt_train(loss_fn, opt, params, val_tokens: torch.Tensor, lo: int, hi: int, cfg: Config, ctx: Dist) -> None:
+def ttt_train(loss_fn, opt, params, val_tokens: torch.Tensor, lo: int, hi: int, cfg: Config, ctx: Dist,
+              strict: bool = False) -> None:
     """SGD on the already-scored targets [lo, hi): sequences of eval_seq_len, split over the ranks, their
-    gradients summed; loss normalised by the targets of the whole batch so every rank's step is equal."""
+    gradients summed; loss normalised by the targets of the whole batch so every rank's step is equal.
+    strict: backward passes under strict_determinism (warm_up_eval found that they can run so)."""
     seq = cfg.eval_seq_len
     seqs = [(p, min(seq, hi - p)) for p in range(lo, hi, seq)]
     per_rank = -(-cfg.ttt_batch_seqs // ctx.world)
@@ -1111,7 +1113,8 @@ def ttt_train(loss_fn, opt, params, val_tokens: torch.Tensor, lo: int, hi: int, 
                 x[r, :n], y[r, :n] = val_tokens[p - 1:p - 1 + n], val_tokens[p:p + n]
             with ctx.autocast():
                 loss = loss_fn(x, y, "sum") / targets
-            loss.backward()
+            with strict_determinism() if strict else contextlib.nullcontext():
+                loss.backward()
             sync_grads(params, ctx, average=False)
             torch.nn.utils.clip_grad_norm_(params, cfg.ttt_grad_clip, foreach=True)
             opt.step()
@@ -1128,25 +1131,38 @@ def eval_functions(model: GPT, cfg: Config, ctx: Dist):
     return maybe_compile(model.tail_logits, cfg, ctx), maybe_compile(model, cfg, ctx)
 
 
-def warm_up_eval(tail_fn, loss_fn, params, cfg: Config, ctx: Dist, vocab: int, n_tokens: int) -> None:
-    """Compile every evaluation graph on random tokens (never validation data); weights are not changed."""
+def warm_up_eval(tail_fn, loss_fn, params, cfg: Config, ctx: Dist, vocab: int, n_tokens: int) -> bool:
+    """Compile every evaluation graph on random tokens (never validation data); weights are not changed.
+    Returns whether TTT's backward can run under strict_determinism: tried here, on the same graphs, so that
+    an op with no deterministic algorithm on this device raises before any validation token is scored."""
     rand = lambda *shape: torch.randint(0, vocab, shape, device=ctx.device)  # noqa: E731
-    if n_tokens - 1 > cfg.eval_seq_len:
+    if compiling(cfg, ctx) and n_tokens - 1 > cfg.eval_seq_len:
         with torch.no_grad(), ctx.autocast():
             tail_fn(rand(cfg.eval_batch_seqs, cfg.eval_seq_len), cfg.eval_stride)
-    if cfg.ttt_enabled:
-        with ctx.autocast():
-            loss = loss_fn(rand(-(-cfg.ttt_batch_seqs // ctx.world), cfg.eval_seq_len),
-                           rand(-(-cfg.ttt_batch_seqs // ctx.world), cfg.eval_seq_len), "sum")
-        loss.backward()
-        for p in params:
-            p.grad.zero_()
+    if not cfg.ttt_enabled:
+        return False
+    rows = -(-cfg.ttt_batch_seqs // ctx.world)
+    with ctx.autocast():
+        loss = loss_fn(rand(rows, cfg.eval_seq_len), rand(rows, cfg.eval_seq_len), "sum")
+    strict = True
+    try:
+        with strict_determinism():
+            loss.backward()
+    except RuntimeError as err:
+        if "use_deterministic_algorithms" not in str(err):
+            raise
+        strict = False
+        log(ctx, f"ttt:backward not strictly deterministic here, warn-only ({str(err).splitlines()[0][:160]})")
+    for p in params:
+        p.grad.zero_()
+    return strict
 
 
 @contextlib.contextmanager
 def deterministic_algorithms():
     """Two runs of one evaluation score alike to the bit (a behavioural probe, `pgolf probe`, is cheapest then):
-    deterministic kernels where torch has them (warning where not), flash attention for TTT's backward, and no
+    deterministic kernels where torch has them (warning where not), flash attention for TTT's backward (its
+    backward passes strictly deterministic, strict_determinism, where the device allows), and no
     reduction order that Inductor picks by timing. Restored after, so training keeps its fastest kernels."""
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
@@ -1158,6 +1174,19 @@ def deterministic_algorithms():
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         if before[2] is None:
             del os.environ["CUBLAS_WORKSPACE_CONFIG"]
+
+
+@contextlib.contextmanager
+def strict_determinism():
+    """torch's deterministic mode without warn-only, for TTT's backward: only then does flash attention's backward
+    run its deterministic algorithm (warn-only keeps the faster, non-deterministic one and warns), and an op
+    with no deterministic algorithm raises instead of warning. Restored after."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def evaluate(model: GPT, val_tokens: np.ndarray, cfg: Config, ctx: Dist, events, table,
@@ -1172,9 +1201,9 @@ def evaluate(model: GPT, val_tokens: np.ndarray, cfg: Config, ctx: Dist, events,
     params = list(model.parameters())
     for p in params:
         p.grad = torch.zeros_like(p)
+    start = time.perf_counter()
+    strict = warm_up_eval(tail_fn, loss_fn, params, cfg, ctx, model.vocab, len(val_tokens))
     if compiling(cfg, ctx):
-        start = time.perf_counter()
-        warm_up_eval(tail_fn, loss_fn, params, cfg, ctx, model.vocab, len(val_tokens))
         if ctx.cuda:
             torch.cuda.synchronize()
         log(ctx, f"eval:warm-up (compile, random tokens) {time.perf_counter() - start:.1f}s")
@@ -1195,7 +1224,7 @@ def evaluate(model: GPT, val_tokens: np.ndarray, cfg: Config, ctx: Dist, events,
             lo, hi = group[0][1], group[-1][2]
             events.update(lo, hi)  # the context token at lo-1 was declared with the previous chunk
             opt.param_groups[0]["lr"] = cfg.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / len(chunks)))
-            ttt_train(loss_fn, opt, params, scorer.tokens, lo, hi, cfg, ctx)
+            ttt_train(loss_fn, opt, params, scorer.tokens, lo, hi, cfg, ctx, strict)
     total = torch.tensor(sums, dtype=torch.float64, device=ctx.device)
     ctx.all_reduce(total)
     seconds = time.perf_counter() - start

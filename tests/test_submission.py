@@ -394,6 +394,54 @@ def test_evaluation_runs_with_deterministic_algorithms_and_restores_the_settings
     assert state() == before
 
 
+def test_ttt_backward_runs_strictly_deterministic_and_the_setting_is_restored_after(tiny, sp):
+    """Warn-only deterministic mode leaves flash attention's backward non-deterministic (measured on the H100:
+    two backward passes differed), so TTT's backward passes must run with warn-only off; scoring keeps warn-only."""
+    tokens = read_tokens(val_shards(DEMO_DATASET))[:1200]
+    cfg = replace(tiny, ttt_chunk_tokens=400, ttt_epochs=1, ttt_batch_seqs=4, compile="0")
+    model = randomized(T.GPT(cfg, sp.vocab_size(), "plain"), seed=3)
+    seen = []
+    model.tok_emb.weight.register_hook(lambda g: seen.append((torch.are_deterministic_algorithms_enabled(),
+                                                              torch.is_deterministic_algorithms_warn_only_enabled())))
+    with T.deterministic_algorithms():
+        T.evaluate(model, tokens, cfg, CPU, Recorder(model), T.byte_table(sp, sp.vocab_size()))
+        after = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    assert len(seen) > 2 and set(seen) == {(True, False)}  # the warm-up's trial backward, then every TTT step's
+    assert after == (True, True)
+
+
+class _NoDeterministicBackward(torch.autograd.Function):
+    """Identity whose backward uses an op that has no deterministic algorithm on the CPU (max_unpool1d)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        pooled, index = torch.nn.functional.max_pool1d(grad.reshape(1, 1, -1).float(), 1, return_indices=True)
+        return torch.nn.functional.max_unpool1d(pooled, index, 1).reshape(grad.shape).to(grad.dtype)
+
+
+def test_eval_warm_up_falls_back_to_warn_only_when_the_backward_has_no_deterministic_algorithm(tiny, sp, capsys):
+    cfg = replace(tiny, ttt_batch_seqs=2, compile="0")
+    model = randomized(T.GPT(cfg, sp.vocab_size(), "plain"), seed=4)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    assert T.warm_up_eval(model.tail_logits, model, params, cfg, CPU, sp.vocab_size(), 10_000) is True
+    assert "ttt:backward" not in capsys.readouterr().out
+
+    def loss_fn(x, y, reduction):
+        return _NoDeterministicBackward.apply(model(x, y, reduction))
+
+    with T.deterministic_algorithms():
+        assert T.warm_up_eval(model.tail_logits, loss_fn, params, cfg, CPU, sp.vocab_size(), 10_000) is False
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert "ttt:backward not strictly deterministic here, warn-only (max_unpooling" in capsys.readouterr().out
+    assert all(not p.grad.any() for p in params)
+
+
 def test_code_size_line_matches_what_pgolf_check_counts(rules):
     scan = scan_code(SUBMISSION, rules)
     assert sorted(p.name for p in scan.counted) == ["pgolf_events.py", "train_gpt.py"]
