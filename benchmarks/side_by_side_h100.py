@@ -15,7 +15,7 @@ Prints both loss curves, step counts, tokens/s before and after looping and the 
 writes runs.json, side_by_side.md and one log per run into --out.
 Usage: python benchmarks/side_by_side_h100.py --ref RECORD/train_gpt.py --out DIR --seconds 50 \
            --run ref/1337 --run anchor/1337 --run anchor+ATTN_GATE=1/1337
-       python benchmarks/side_by_side_h100.py --report DIR/runs.json
+       python benchmarks/side_by_side_h100.py --report DIR/runs.json [DIR2/runs.json ...]
 With --profile-step N every run also prints the GPU kernels of its step N (the record script then runs
 through runpy so the profiler can hook its loader; its code is still not changed); --cold gives every
 run empty compile caches, for start-up times that do not depend on the order of the runs.
@@ -366,8 +366,15 @@ def curve_gap(a: dict, b: dict, first: int = 5) -> float | None:
     return round(float(np.mean([a["curve"][s] - b["curve"][s] for s in common])), 4) if common else None
 
 
+def difference(a: dict, b: dict) -> list:
+    """(curve gap, Δ held-out raw, Δ held-out EMA) of run a minus run b; None where either lacks the number."""
+    return [curve_gap(a, b), *(None if a[k] is None or b[k] is None else round(a[k] - b[k], 4)
+                               for k in ("heldout_raw", "heldout_ema"))]
+
+
 def report(runs: list[dict], seconds: float, corpus: dict, checkpoints: list[int]) -> str:
-    """Markdown: one row per run, then each recipe against `ref` at equal seeds with the seed-to-seed spread."""
+    """Markdown: one row per run, then each recipe against its base at equal seeds (`anchor+X` against `anchor`,
+    every other recipe against `ref`) and each recipe's seed-to-seed spread, the noise to read them by."""
     head = ["run", "steps", "loop at", *[f"loss@{c}" for c in checkpoints], "held-out raw", "held-out EMA 0.9",
             "tok/s before loop", "tok/s after", "start-up s", "peak MiB"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -379,26 +386,19 @@ def report(runs: list[dict], seconds: float, corpus: dict, checkpoints: list[int
     by_recipe: dict[str, dict[int, dict]] = {}
     for r in runs:
         by_recipe.setdefault(r["recipe"], {})[r["seed"]] = r
-    ref = by_recipe.get("ref", {})
     lines = [f"Budget {seconds:g} s of training per run; corpus: {corpus.get('documents')} Python source files, "
              f"{corpus.get('train_tokens'):,} training and {corpus.get('heldout_tokens'):,} held-out tokens.", "",
-             *rows, ""]
-    if len(ref) >= 2:
-        a, b = list(ref.values())[:2]
-        lines.append(f"Run-to-run noise of `ref` (seeds {a['seed']} vs {b['seed']}): curve gap {curve_gap(a, b)}, "
-                     f"held-out raw {round(a['heldout_raw'] - b['heldout_raw'], 4) if a['heldout_raw'] and b['heldout_raw'] else None}, "
-                     f"EMA {round(a['heldout_ema'] - b['heldout_ema'], 4) if a['heldout_ema'] and b['heldout_ema'] else None}.")
-        lines.append("")
-    lines += ["| recipe − ref, same seed | seed | curve gap (mean Δ train loss, steps ≥ 5) | Δ held-out raw | Δ held-out EMA |",
-              "|---|---|---|---|---|"]
-    for recipe, seeds in by_recipe.items():
-        if recipe == "ref":
-            continue
+             *rows, "", "| comparison, same seed | seed | curve gap (mean Δ train loss, steps ≥ 5) | Δ held-out raw "
+             "| Δ held-out EMA |", "|---|---|---|---|---|"]
+    for recipe, seeds in by_recipe.items():  # a variant against its base: `anchor+X` against anchor, others ref
+        base = by_recipe.get("anchor" if recipe.startswith("anchor+") else "ref", {})
         for seed, r in sorted(seeds.items()):
-            if seed in ref:
-                d = [None if r[k] is None or ref[seed][k] is None else round(r[k] - ref[seed][k], 4)
-                     for k in ("heldout_raw", "heldout_ema")]
-                lines.append(f"| {recipe} | {seed} | {curve_gap(r, ref[seed])} | {d[0]} | {d[1]} |")
+            if recipe != "ref" and seed in base:
+                lines.append(f"| {recipe} − {base[seed]['recipe']} | {seed} | " + " | ".join(map(str, difference(r, base[seed]))) + " |")
+    for recipe, seeds in by_recipe.items():  # the seed-to-seed spread of each recipe run with two seeds or more
+        if len(seeds) >= 2:
+            (a_seed, a), (b_seed, b) = sorted(seeds.items())[:2]
+            lines.append(f"| {recipe}: seed {a_seed} − seed {b_seed} | — | " + " | ".join(map(str, difference(a, b))) + " |")
     profiled = [r for r in runs if r.get("profile")]
     if profiled:
         lines += ["", "| run | profiled step | GPU ms | attention | matmul | other | kernels |", "|---|---|---|---|---|---|---|"]
@@ -414,11 +414,13 @@ def main() -> None:
         return worker()
     if len(sys.argv) == 3 and sys.argv[1] == "--ref-child":
         return ref_child(sys.argv[2])
-    if len(sys.argv) == 3 and sys.argv[1] == "--report":  # the table again from a runs.json, e.g. of a call cut short
-        saved = json.loads(Path(sys.argv[2]).read_text())
-        runs = [r | {"curve": {int(k): v for k, v in r["curve"].items()}} for r in saved["runs"]]
+    if len(sys.argv) >= 3 and sys.argv[1] == "--report":  # the tables again from runs.json files of one budget
+        saved = [json.loads(Path(f).read_text()) for f in sys.argv[2:]]
+        if len({s["seconds"] for s in saved}) > 1:
+            raise SystemExit("side_by_side_h100.py --report: the runs.json files have different --seconds")
+        runs = [r | {"curve": {int(k): v for k, v in r["curve"].items()}} for s in saved for r in s["runs"]]
         steps = max((r["steps"] for r in runs), default=0)
-        return print(report(runs, saved["seconds"], saved["corpus"], list(range(10, steps + 1, 10))))
+        return print(report(runs, saved[0]["seconds"], saved[0]["corpus"], list(range(10, steps + 1, 10))))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", type=Path, required=True, help="the #1493 record's train_gpt.py, unchanged")
     parser.add_argument("--out", type=Path, required=True)
