@@ -36,7 +36,8 @@ def measure(mode: str, preset: str) -> dict:
     import train_gpt as T
 
     torch._dynamo.config.cache_size_limit = 64  # a limit hit would fall back to eager silently
-    T.deterministic_algorithms().__enter__()  # as run_eval compiles and scores; this process ends after
+    modes = contextlib.ExitStack()  # held until measure returns: an unreferenced context manager's generator is
+    modes.enter_context(T.deterministic_algorithms())  # closed at once, which undid the mode (until d865d66)
     cfg = T.load_config({"PRESET": preset, "COMPILE": "1", "EVAL_COMPILE": mode})
     ctx = T.setup_dist(cfg)
     vocab = 8192

@@ -360,10 +360,11 @@ def _scored_nlls(model: T.GPT, tokens: np.ndarray, cfg, sp) -> np.ndarray:
     return np.concatenate([c[3] for c in sorted((c for c in sink.calls if c[0] == "scores"), key=lambda c: c[1])])
 
 
-def test_regionally_compiled_evaluation_scores_as_the_eager_one_with_one_graph_per_kind_of_block(tiny, sp):
+def test_regionally_compiled_evaluation_scores_as_the_eager_one_with_one_graph_per_kind_of_block(tiny, sp, capsys):
     """EVAL_COMPILE=regions compiles each block and the head on their own; the blocks must share their graphs
     (a per-block constant would give each block its own: start-up would grow with depth again), and scores,
-    TTT included, must be the eager model's."""
+    TTT included, must be the eager model's. Run as run_eval runs it, its TTT backward passes stay strictly
+    deterministic (a compiled backward refuses a mode its forward was not compiled in)."""
     tokens = read_tokens(val_shards(DEMO_DATASET))[:1200]
     cfg = replace(tiny, ttt_chunk_tokens=400, ttt_epochs=1, ttt_batch_seqs=4)
     torch.manual_seed(0)
@@ -375,7 +376,13 @@ def test_regionally_compiled_evaluation_scores_as_the_eager_one_with_one_graph_p
     eager = _scored_nlls(eager_model, tokens, replace(cfg, compile="0"), sp)
     torch._dynamo.reset()
     before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    compiled = _scored_nlls(compiled_model, tokens, replace(cfg, compile="1", eval_compile="regions"), sp)
+    capsys.readouterr()
+    modes = []
+    compiled_model.tok_emb.weight.register_hook(lambda g: modes.append(torch.is_deterministic_algorithms_warn_only_enabled()))
+    with T.deterministic_algorithms():
+        compiled = _scored_nlls(compiled_model, tokens, replace(cfg, compile="1", eval_compile="regions"), sp)
+    assert "ttt:backward not strictly deterministic" not in capsys.readouterr().out
+    assert len(modes) > 1 and not any(modes)  # every backward, the warm-up's trial included, with warn-only off
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - before
     kinds = len({block.parallel for block in compiled_model.blocks})
     # each kind of block with and without grad, logits, logits + loss; the first window runs eagerly
@@ -429,7 +436,9 @@ def test_eval_warm_up_falls_back_to_warn_only_when_the_backward_has_no_determini
     params = list(model.parameters())
     for p in params:
         p.grad = torch.zeros_like(p)
-    assert T.warm_up_eval(model.tail_logits, model, params, cfg, CPU, sp.vocab_size(), 10_000) is True
+    assert T.warm_up_eval(model.tail_logits, model, params, cfg, CPU, sp.vocab_size(), 10_000) is False  # no mode
+    with T.deterministic_algorithms():
+        assert T.warm_up_eval(model.tail_logits, model, params, cfg, CPU, sp.vocab_size(), 10_000) is True
     assert "ttt:backward" not in capsys.readouterr().out
 
     def loss_fn(x, y, reduction):
