@@ -378,7 +378,7 @@ def pick_attention_backend(requested: str, device: torch.device) -> str:
 
 # On CUDA the cuDNN kernel is the fastest for this shape with native GQA; the others are fallbacks. Its
 # backward is not deterministic, so where gradients must be (the evaluation's TTT) flash attention comes first,
-# whose backward is deterministic under strict_determinism; FA3 is asked for its deterministic backward.
+# whose backward is deterministic without warn-only (deterministic_algorithms); FA3 is asked for its own.
 CUDA_SDPA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                    SDPBackend.MATH]
 DETERMINISTIC_GRAD_ORDER = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -1099,7 +1099,7 @@ def ttt_train(loss_fn, opt, params, val_tokens: torch.Tensor, lo: int, hi: int, 
               strict: bool = False) -> None:
     """SGD on the already-scored targets [lo, hi): sequences of eval_seq_len, split over the ranks, their
     gradients summed; loss normalised by the targets of the whole batch so every rank's step is equal.
-    strict: backward passes under strict_determinism (warm_up_eval found that they can run so)."""
+    strict: backward passes with warn-only off (warm_up_eval found that they can run so)."""
     seq = cfg.eval_seq_len
     seqs = [(p, min(seq, hi - p)) for p in range(lo, hi, seq)]
     per_rank = -(-cfg.ttt_batch_seqs // ctx.world)
@@ -1113,7 +1113,7 @@ def ttt_train(loss_fn, opt, params, val_tokens: torch.Tensor, lo: int, hi: int, 
                 x[r, :n], y[r, :n] = val_tokens[p - 1:p - 1 + n], val_tokens[p:p + n]
             with ctx.autocast():
                 loss = loss_fn(x, y, "sum") / targets
-            with strict_determinism() if strict else contextlib.nullcontext():
+            with deterministic_algorithms(warn_only=False) if strict else contextlib.nullcontext():
                 loss.backward()
             sync_grads(params, ctx, average=False)
             torch.nn.utils.clip_grad_norm_(params, cfg.ttt_grad_clip, foreach=True)
@@ -1133,7 +1133,7 @@ def eval_functions(model: GPT, cfg: Config, ctx: Dist):
 
 def warm_up_eval(tail_fn, loss_fn, params, cfg: Config, ctx: Dist, vocab: int, n_tokens: int) -> bool:
     """Compile every evaluation graph on random tokens (never validation data); weights are not changed.
-    Returns whether TTT's backward can run under strict_determinism: tried here, on the same graphs, so that
+    Returns whether TTT's backward can run with warn-only off: tried here, on the same graphs, so that
     an op with no deterministic algorithm on this device raises before any validation token is scored."""
     rand = lambda *shape: torch.randint(0, vocab, shape, device=ctx.device)  # noqa: E731
     if compiling(cfg, ctx) and n_tokens - 1 > cfg.eval_seq_len:
@@ -1146,7 +1146,7 @@ def warm_up_eval(tail_fn, loss_fn, params, cfg: Config, ctx: Dist, vocab: int, n
         loss = loss_fn(rand(rows, cfg.eval_seq_len), rand(rows, cfg.eval_seq_len), "sum")
     strict = True
     try:
-        with strict_determinism():
+        with deterministic_algorithms(warn_only=False):
             loss.backward()
     except RuntimeError as err:
         if "use_deterministic_algorithms" not in str(err):
@@ -1159,34 +1159,22 @@ def warm_up_eval(tail_fn, loss_fn, params, cfg: Config, ctx: Dist, vocab: int, n
 
 
 @contextlib.contextmanager
-def deterministic_algorithms():
+def deterministic_algorithms(warn_only: bool = True):
     """Two runs of one evaluation score alike to the bit (a behavioural probe, `pgolf probe`, is cheapest then):
-    deterministic kernels where torch has them (warning where not), flash attention for TTT's backward (its
-    backward passes strictly deterministic, strict_determinism, where the device allows), and no
-    reduction order that Inductor picks by timing. Restored after, so training keeps its fastest kernels."""
+    deterministic kernels where torch has them, flash attention for TTT's backward, and no reduction order that
+    Inductor picks by timing. warn_only (the evaluation): an op with no deterministic algorithm warns instead of
+    raising. TTT's backward passes nest warn_only=False where the device allows: only then does flash attention's
+    backward run its deterministic algorithm. Restored after, so training keeps its fastest kernels."""
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
     os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[2] or ":4096:8"  # what torch asks of cuBLAS in this mode
-    torch.use_deterministic_algorithms(True, warn_only=True)  # recent torch: Inductor deterministic too
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)  # recent torch: Inductor deterministic too
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         if before[2] is None:
             del os.environ["CUBLAS_WORKSPACE_CONFIG"]
-
-
-@contextlib.contextmanager
-def strict_determinism():
-    """torch's deterministic mode without warn-only, for TTT's backward: only then does flash attention's backward
-    run its deterministic algorithm (warn-only keeps the faster, non-deterministic one and warns), and an op
-    with no deterministic algorithm raises instead of warning. Restored after."""
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(True, warn_only=False)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def evaluate(model: GPT, val_tokens: np.ndarray, cfg: Config, ctx: Dist, events, table,
