@@ -12,7 +12,6 @@ Fits one 600 s device call: 315 s measured with --val-tokens 300000 (compile ≈
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -37,6 +36,7 @@ from harness.data.shards import write_shard
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "submission"))
 import train_gpt as T  # noqa: E402
+from attention_h100 import attention_check  # noqa: E402  (sys.path[0] is benchmarks/)
 
 
 def tokenizer_8192(path: Path) -> None:
@@ -58,46 +58,6 @@ def random_shards(folder: Path, train_tokens: int, val_tokens: int, vocab: int) 
     val = rng.integers(4, vocab, val_tokens, dtype=np.uint16)
     val[::2048] = 1  # a BOS now and then, as documents start
     write_shard(folder / "fineweb_val_000000.bin", val)
-
-
-def attention_check() -> dict:
-    """Max |difference| to the plain path; forward+backward ms of each SDPA backend at the records' shape, and
-    whether two backward passes give the same gradient to the bit (flash also in the mode of the evaluation's
-    TTT backward passes: deterministic algorithms, warn-only off)."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(8, 2048, 8, 64, device="cuda", dtype=torch.bfloat16, generator=gen)
-    k, v = (torch.randn(8, 2048, 4, 64, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
-    plain = T.attention(q[:2], k[:2], v[:2], "plain").float()
-    out = {"max_abs_diff_sdpa_vs_plain": float((T.attention(q[:2], k[:2], v[:2], "sdpa").float() - plain).abs().max()),
-           "plain_abs_mean": float(plain.abs().mean()), "fa3_available": T.flash_attn_3 is not None}
-    cases = [("CUDNN_ATTENTION", False), ("FLASH_ATTENTION", False), ("EFFICIENT_ATTENTION", False),
-             ("FLASH_ATTENTION", True)]
-    for name, deterministic in cases:
-        key = name + ("_deterministic" if deterministic else "")
-        backend = getattr(torch.nn.attention.SDPBackend, name)
-        qq, kk, vv = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
-
-        def step() -> torch.Tensor:
-            qq.grad = None
-            with torch.nn.attention.sdpa_kernel(backend):
-                y = torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=True)
-            y.sum().backward()
-            return qq.grad
-
-        try:
-            with T.deterministic_algorithms(warn_only=False) if deterministic else contextlib.nullcontext():
-                out[f"{key}_backward_bitwise_repeatable"] = bool(torch.equal(step().clone(), step()))
-                torch.cuda.synchronize()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(20):
-                    step()
-                end.record()
-                torch.cuda.synchronize()
-            out[f"{key}_fwd_bwd_ms"] = start.elapsed_time(end) / 20
-        except RuntimeError as exc:
-            out[f"{key}_fwd_bwd_ms"] = f"unavailable: {str(exc).splitlines()[0][:120]}"
-    return out
 
 
 def summary(seed_dir: Path, wall_s: float) -> dict:
