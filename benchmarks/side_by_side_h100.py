@@ -148,23 +148,26 @@ def build_corpus(data_dir: Path, train_tokens: int, shards: int, tokenizer_lines
 # One step under the profiler (--profile-step), for either script, through its loader
 
 
-def kernel_table(prof, top: int = 15) -> dict:
-    """GPU time of one profiled window by kernel, and by kind: attention, matrix products, the rest."""
+def kernel_table(prof) -> dict:
+    """GPU time of one profiled window by kind (attention, matrix products, the rest) and by kernel: every kernel,
+    with its launches, so that two scripts' tables can be compared line by line."""
     import torch
 
-    totals: dict[str, float] = {}
+    totals: dict[str, list] = {}
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
-            totals[event.name] = totals.get(event.name, 0.0) + event.device_time_total / 1e3
+            entry = totals.setdefault(event.name, [0.0, 0])
+            entry[0] += event.device_time_total / 1e3
+            entry[1] += 1
     kinds = {"attention": ("attention", "fmha", "flash", "cudnn"), "matmul": ("gemm", "nvjet", "xmma", "cutlass")}
     by_kind = {kind: 0.0 for kind in (*kinds, "other")}
-    for name, ms in totals.items():
+    for name, (ms, _) in totals.items():
         kind = next((k for k, words in kinds.items() if any(w in name.lower() for w in words)), "other")
         by_kind[kind] += ms
-    heaviest = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
-    return {"total_ms": round(sum(totals.values()), 1), "kernels": len(totals),
+    heaviest = sorted(totals.items(), key=lambda kv: -kv[1][0])
+    return {"total_ms": round(sum(ms for ms, _ in totals.values()), 1), "kernels": len(totals),
             "by_kind_ms": {k: round(v, 1) for k, v in by_kind.items()},
-            "top": [[name[:100], round(ms, 2)] for name, ms in heaviest]}
+            "by_kernel": [[name[:240], round(ms, 2), calls] for name, (ms, calls) in heaviest]}
 
 
 def profile_step(loader_class: type) -> None:
