@@ -112,6 +112,17 @@ def fa4_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plain: torch.Ten
             continue
         rows[f"{key}_first_fwd_bwd_s"] = round(time.perf_counter() - start, 2)
         rows |= measure(key, fa4_step, contextlib.nullcontext())
+    if T.fa4_forward is not None:  # the same kernels through the submission's op (ATTN_BACKEND=fa4), compiled
+        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+        op = torch.compile(T.attention, fullgraph=True, dynamic=False)
+
+        def op_step() -> torch.Tensor:
+            qq.grad = None
+            op(qq, kk, vv, "fa4").sum().backward()
+            return qq.grad
+
+        rows["max_abs_diff_fa4_op_vs_plain"] = float((op(q[:2], k[:2], v[:2], "fa4").float() - plain).abs().max())
+        rows |= measure("FA4_op_compiled", op_step, contextlib.nullcontext())
     return rows
 
 

@@ -43,6 +43,10 @@ try:  # the FlashAttention-3 Hopper build; PyPI also has an empty placeholder of
     from flash_attn_interface import flash_attn_func as flash_attn_3
 except Exception:  # noqa: BLE001 -- any failure to import means: not available
     flash_attn_3 = None
+try:  # FlashAttention 4 (package flash-attn-4): its CuTe kernels, wrapped below as one op torch.compile can trace
+    from flash_attn.cute.interface import _flash_attn_bwd as fa4_backward, _flash_attn_fwd as fa4_forward
+except Exception:  # noqa: BLE001
+    fa4_forward = fa4_backward = None
 
 # ----------------------------------------------------------------------------------------------
 # Config and presets
@@ -75,7 +79,7 @@ class Config:
     num_loops: int = 2          # extra passes through them; 0 switches recurrence off
     loop_at: float = 0.35       # fraction of the training budget after which the loop is on
     parallel_from: int = 7      # layers from here on add attention and MLP in parallel
-    attn_backend: str = "auto"  # auto | fa3 | sdpa | plain
+    attn_backend: str = "auto"  # auto | fa3 | fa4 | sdpa | plain
     compile: str = "auto"       # auto (on CUDA) | 1 | 0
     eval_compile: str = "regions"  # regions: each block and the head on their own | whole: one graph per function
     device: str = "auto"        # auto (CUDA when available) | cuda | cpu
@@ -371,8 +375,10 @@ def pick_attention_backend(requested: str, device: torch.device) -> str:
         return "plain"
     if requested == "fa3" and flash_attn_3 is None:
         raise SystemExit("train_gpt.py: ATTN_BACKEND=fa3 but flash_attn_interface.flash_attn_func is not importable")
-    if requested not in ("fa3", "sdpa", "plain"):
-        raise SystemExit(f"train_gpt.py: ATTN_BACKEND={requested!r} is not one of auto, fa3, sdpa, plain")
+    if requested == "fa4" and fa4_forward is None:
+        raise SystemExit("train_gpt.py: ATTN_BACKEND=fa4 but flash_attn.cute (package flash-attn-4) is not importable")
+    if requested not in ("fa3", "fa4", "sdpa", "plain"):
+        raise SystemExit(f"train_gpt.py: ATTN_BACKEND={requested!r} is not one of auto, fa3, fa4, sdpa, plain")
     return requested
 
 
@@ -384,12 +390,53 @@ CUDA_SDPA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBa
 DETERMINISTIC_GRAD_ORDER = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+# Schemas spelled out: the minified form the records count drops annotations, from which torch would infer them.
+@torch.library.custom_op("pgolf_submission::fa4_causal", mutates_args=(),
+                         schema="(Tensor q, Tensor k, Tensor v, bool deterministic) -> (Tensor, Tensor)")
+def fa4_causal(q, k, v, deterministic):
+    """Causal GQA attention by FA4, (B, T, H, D); also returns the log-sum-exp its backward needs."""
+    out, lse = fa4_forward(q, k, v, causal=True, return_lse=True)[:2]
+    return out.contiguous(), lse.contiguous()
+
+
+@fa4_causal.register_fake
+def _(q, k, v, deterministic):
+    return q.new_empty(q.shape), q.new_empty((q.size(0), q.size(2), q.size(1)), dtype=torch.float32)
+
+
+@torch.library.custom_op("pgolf_submission::fa4_causal_backward", mutates_args=(), schema="(Tensor dout, Tensor q, "
+                         "Tensor k, Tensor v, Tensor out, Tensor lse, bool deterministic) -> (Tensor, Tensor, Tensor)")
+def fa4_causal_backward(dout, q, k, v, out, lse, deterministic):
+    grads = fa4_backward(q, k, v, out, dout.contiguous(), lse, causal=True, deterministic=deterministic)[:3]
+    return tuple(g.contiguous() for g in grads)
+
+
+@fa4_causal_backward.register_fake
+def _(dout, q, k, v, out, lse, deterministic):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _fa4_save(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3], *output)
+    ctx.deterministic = inputs[3]
+    ctx.set_materialize_grads(False)  # the log-sum-exp is never differentiated: no zero gradient for it
+
+
+def _fa4_grad(ctx, dout, dlse):
+    return *fa4_causal_backward(dout, *ctx.saved_tensors, ctx.deterministic), None
+
+
+fa4_causal.register_autograd(_fa4_grad, setup_context=_fa4_save)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
     """Causal grouped-query attention; q (B, T, H, D), k and v (B, T, KV, D) -> (B, T, H, D)."""
     deterministic = torch.is_grad_enabled() and torch.are_deterministic_algorithms_enabled()  # a TTT step in eval
     if backend == "fa3":
         out = flash_attn_3(q, k, v, causal=True, **({"deterministic": True} if deterministic else {}))
         return out[0] if isinstance(out, tuple) else out
+    if backend == "fa4":
+        return fa4_causal(q, k, v, deterministic)[0]
     if backend == "sdpa":
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if q.is_cuda:

@@ -7,6 +7,8 @@ window planning and the score-first order of test-time training.
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 import sys
 from dataclasses import replace
 
@@ -17,7 +19,7 @@ import torch
 
 from harness.check.checker import check_folder
 from harness.paths import DEMO_DATASET, DEMO_TOKENIZER, REPO
-from harness.code import counted_bytes, scan_code
+from harness.code import counted_bytes, scan_code, wrapper
 from harness.data.shards import read_tokens, train_shards, val_shards
 from harness.logs import read_log
 from harness.metric import build_table, score, target_bytes
@@ -124,6 +126,68 @@ def test_sdpa_and_plain_attention_agree():
     assert plain.shape == (3, 37, 4, 16)
     torch.testing.assert_close(sdpa, plain, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(plain, T.attention(q, k.flip(1), v, "plain"))  # the check can fail
+
+
+class ExactFA4:
+    """FA4's private forward and backward as plain float attention, for the op that wraps them (the CuTe kernels
+    need a GPU; what is tested here is the wrapper: its autograd, fake shapes and tracing by torch.compile)."""
+
+    def __init__(self):
+        self.deterministic_seen: list[bool] = []
+
+    @staticmethod
+    def scores(q, k):
+        group, scale = q.size(2) // k.size(2), q.size(-1) ** -0.5
+        q32, k32 = q.float().transpose(1, 2), k.float().transpose(1, 2).repeat_interleave(group, 1)
+        s = q32 @ k32.transpose(-1, -2) * scale
+        return s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf")), q32, k32, scale
+
+    def forward(self, q, k, v, causal, return_lse):
+        assert causal and return_lse
+        s, *_ = self.scores(q, k)
+        lse = s.logsumexp(-1)
+        v32 = v.float().transpose(1, 2).repeat_interleave(q.size(2) // k.size(2), 1)
+        return ((s - lse[..., None]).exp() @ v32).transpose(1, 2).to(q.dtype), lse, None, None, None
+
+    def backward(self, q, k, v, out, dout, lse, causal, deterministic):
+        self.deterministic_seen.append(deterministic)
+        s, q32, k32, scale = self.scores(q, k)
+        group = q.size(2) // k.size(2)
+        v32 = v.float().transpose(1, 2).repeat_interleave(group, 1)
+        p, do, o = (s - lse[..., None]).exp(), dout.float().transpose(1, 2), out.float().transpose(1, 2)
+        dp = do @ v32.transpose(-1, -2)
+        ds = p * (dp - (do * o).sum(-1, keepdim=True))
+        per_kv = lambda t: t.unflatten(1, (k.size(2), group)).sum(2).transpose(1, 2).to(k.dtype)  # noqa: E731
+        return ((ds @ k32 * scale).transpose(1, 2).to(q.dtype), per_kv(ds.transpose(-1, -2) @ q32 * scale),
+                per_kv(p.transpose(-1, -2) @ do))
+
+
+# Inductor's on-disk caches key a graph by its ops, not by the Python a custom op's backward runs: a cached graph
+# would hide a change to _fa4_grad (seen: its dk and dv swapped, and the compiled case still passed)
+@torch._inductor.config.patch(force_disable_caches=True)
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fa4_op_gives_the_plain_attention_and_its_gradients_and_passes_the_deterministic_flag(monkeypatch, compiled):
+    exact = ExactFA4()
+    monkeypatch.setattr(T, "fa4_forward", exact.forward)
+    monkeypatch.setattr(T, "fa4_backward", exact.backward)
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 24, h, 8, generator=gen, requires_grad=True) for h in (4, 2, 2))
+    attend = torch.compile(T.attention, fullgraph=True, dynamic=False) if compiled else T.attention
+    want = T.attention(q, k, v, "plain")
+    want_grads = torch.autograd.grad(want.square().sum(), (q, k, v))
+    got = attend(q, k, v, "fa4")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g, w in zip(torch.autograd.grad(got.square().sum(), (q, k, v)), want_grads):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+    with T.deterministic_algorithms(warn_only=False):
+        T.attention(q, k, v, "fa4").sum().backward()
+    assert exact.deterministic_seen == [False, True]
+
+
+def test_fa4_backend_asked_for_where_it_does_not_import_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(T, "fa4_forward", None)
+    with pytest.raises(SystemExit, match="ATTN_BACKEND=fa4 but flash_attn.cute"):
+        T.pick_attention_backend("fa4", torch.device("cpu"))
 
 
 def test_whole_model_agrees_across_attention_backends(tiny):
@@ -457,6 +521,18 @@ def test_code_size_line_matches_what_pgolf_check_counts(rules):
     raw, compressed = T.code_bytes()
     assert raw == counted_bytes(SUBMISSION, scan, compressed=False, rules=rules).total
     assert compressed == counted_bytes(SUBMISSION, scan, compressed=True, rules=rules).total
+
+
+def test_the_counted_form_of_the_code_runs(rules, tmp_path):
+    """The bytes claimed are those of the minified exec wrapper: that form must import as the file does (the
+    minifier drops annotations, e.g. those torch.library would infer an op's schema from). In a process of
+    its own, as a record would run it (it registers the same torch ops again)."""
+    (tmp_path / "train_gpt.py").write_bytes(wrapper((SUBMISSION / "train_gpt.py").read_bytes(), rules))
+    shutil.copy(SUBMISSION / "pgolf_events.py", tmp_path)
+    probe = "import train_gpt as T; assert callable(T.main) and T.fa4_causal; print(T.Config().model_dim)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(T.Config().model_dim)
 
 
 def test_the_folder_passes_pgolf_check_but_for_its_name(rules):
