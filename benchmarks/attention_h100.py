@@ -59,20 +59,30 @@ def attention_check(batch: int = 8) -> dict:
              ("FLASH_ATTENTION", True)]
     for name, deterministic in cases:
         backend = getattr(torch.nn.attention.SDPBackend, name)
-        qq, kk, vv = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
 
-        def sdpa_step() -> torch.Tensor:
-            qq.grad = None
+        def sdpa(q, k, v, backend=backend):
             with torch.nn.attention.sdpa_kernel(backend):
-                y = torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=True)
-            y.sum().backward()
-            return qq.grad
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
         mode = T.deterministic_algorithms(warn_only=False) if deterministic else contextlib.nullcontext()
-        out |= measure(name + ("_deterministic" if deterministic else ""), sdpa_step, mode)
+        out |= measure(name + ("_deterministic" if deterministic else ""),
+                       grad_step(sdpa, *(t.transpose(1, 2) for t in (q, k, v))), mode)
     if fa4_func is not None:
         out |= fa4_rows(q, k, v, plain)
     return out
+
+
+def grad_step(attend, q, k, v):
+    """A step for measure(): forward + backward of attend on leaf copies of q, k, v; returns q's gradient."""
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+
+    def step() -> torch.Tensor:
+        q.grad = None
+        y = attend(q, k, v)
+        (y[0] if isinstance(y, tuple) else y).sum().backward()  # FA4 may return (out, lse)
+        return q.grad
+
+    return step
 
 
 def measure(key: str, step, mode) -> dict:
@@ -94,15 +104,8 @@ def fa4_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plain: torch.Ten
     rows["FA4_forward_first_call_s"] = round(time.perf_counter() - start, 2)
     rows["max_abs_diff_fa4_vs_plain"] = float((first.float() - plain).abs().max())
     for deterministic in (False, True):
-        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
-
-        def fa4_step() -> torch.Tensor:
-            qq.grad = None
-            y = fa4_func(qq, kk, vv, causal=True, deterministic=deterministic)
-            (y[0] if isinstance(y, tuple) else y).sum().backward()
-            return qq.grad
-
         key = "FA4" + ("_deterministic" if deterministic else "")
+        fa4_step = grad_step(lambda q, k, v, d=deterministic: fa4_func(q, k, v, causal=True, deterministic=d), q, k, v)
         start = time.perf_counter()
         try:
             fa4_step()
@@ -113,16 +116,10 @@ def fa4_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plain: torch.Ten
         rows[f"{key}_first_fwd_bwd_s"] = round(time.perf_counter() - start, 2)
         rows |= measure(key, fa4_step, contextlib.nullcontext())
     if T.fa4_forward is not None:  # the same kernels through the submission's op (ATTN_BACKEND=fa4), compiled
-        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
         op = torch.compile(T.attention, fullgraph=True, dynamic=False)
-
-        def op_step() -> torch.Tensor:
-            qq.grad = None
-            op(qq, kk, vv, "fa4").sum().backward()
-            return qq.grad
-
         rows["max_abs_diff_fa4_op_vs_plain"] = float((op(q[:2], k[:2], v[:2], "fa4").float() - plain).abs().max())
-        rows |= measure("FA4_op_compiled", op_step, contextlib.nullcontext())
+        rows |= measure("FA4_op_compiled", grad_step(lambda q, k, v: op(q, k, v, "fa4"), q, k, v),
+                        contextlib.nullcontext())
     return rows
 
 

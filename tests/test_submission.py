@@ -136,24 +136,24 @@ class ExactFA4:
         self.deterministic_seen: list[bool] = []
 
     @staticmethod
-    def scores(q, k):
+    def scores(q, k, v):
+        """Masked scores (B, H, T, T) and q, k, v as float (B, H, T, D), k and v repeated per query head."""
         group, scale = q.size(2) // k.size(2), q.size(-1) ** -0.5
-        q32, k32 = q.float().transpose(1, 2), k.float().transpose(1, 2).repeat_interleave(group, 1)
+        q32 = q.float().transpose(1, 2)
+        k32, v32 = (t.float().transpose(1, 2).repeat_interleave(group, 1) for t in (k, v))
         s = q32 @ k32.transpose(-1, -2) * scale
-        return s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf")), q32, k32, scale
+        return s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf")), q32, k32, v32, scale
 
     def forward(self, q, k, v, causal, return_lse):
         assert causal and return_lse
-        s, *_ = self.scores(q, k)
+        s, _, _, v32, _ = self.scores(q, k, v)
         lse = s.logsumexp(-1)
-        v32 = v.float().transpose(1, 2).repeat_interleave(q.size(2) // k.size(2), 1)
         return ((s - lse[..., None]).exp() @ v32).transpose(1, 2).to(q.dtype), lse, None, None, None
 
     def backward(self, q, k, v, out, dout, lse, causal, deterministic):
         self.deterministic_seen.append(deterministic)
-        s, q32, k32, scale = self.scores(q, k)
+        s, q32, k32, v32, scale = self.scores(q, k, v)
         group = q.size(2) // k.size(2)
-        v32 = v.float().transpose(1, 2).repeat_interleave(group, 1)
         p, do, o = (s - lse[..., None]).exp(), dout.float().transpose(1, 2), out.float().transpose(1, 2)
         dp = do @ v32.transpose(-1, -2)
         ds = p * (dp - (do * o).sum(-1, keepdim=True))
