@@ -36,8 +36,10 @@ def measure(mode: str, preset: str) -> dict:
     import train_gpt as T
 
     torch._dynamo.config.cache_size_limit = 64  # a limit hit would fall back to eager silently
-    modes = contextlib.ExitStack()  # held until measure returns: an unreferenced context manager's generator is
-    modes.enter_context(T.deterministic_algorithms())  # closed at once, which undid the mode (until d865d66)
+    # held until measure returns: an unreferenced context manager's generator is closed at once, which undoes
+    # the mode (as it did before b6061bf)
+    modes = contextlib.ExitStack()
+    modes.enter_context(T.deterministic_algorithms())
     cfg = T.load_config({"PRESET": preset, "COMPILE": "1", "EVAL_COMPILE": mode})
     ctx = T.setup_dist(cfg)
     vocab = 8192
@@ -83,7 +85,8 @@ def measure(mode: str, preset: str) -> dict:
     graphs = lambda: int(torch._dynamo.utils.counters["stats"]["unique_graphs"])  # noqa: E731
     after_warm_up = graphs()
     return {"mode": mode, "preset": preset, "device": str(ctx.device), "torch": torch.__version__,
-            "warm_up_s": round(warm_up_s, 2), "ttt_backward_strict": strict, "graphs": after_warm_up, "score_batch_s": round(timed(score), 5),
+            "warm_up_s": round(warm_up_s, 2), "ttt_backward_strict": strict, "graphs": after_warm_up,
+            "score_batch_s": round(timed(score), 5),
             "ttt_step_s": round(timed(ttt_step), 5), "graphs_after_timing": graphs(),
             "score_batch_windows": cfg.eval_batch_seqs,
             "ttt_batch_seqs": cfg.ttt_batch_seqs, "seq_len": cfg.eval_seq_len}
