@@ -36,10 +36,13 @@ def measure(mode: str, preset: str) -> dict:
     import train_gpt as T
 
     torch._dynamo.config.cache_size_limit = 64  # a limit hit would fall back to eager silently
-    # held until measure returns: an unreferenced context manager's generator is closed at once, which undoes
-    # the mode (as it did before b6061bf)
-    modes = contextlib.ExitStack()
-    modes.enter_context(T.deterministic_algorithms())
+    with T.deterministic_algorithms():  # the whole measurement, as run_eval compiles and scores in this mode
+        return measure_in_mode(T, mode, preset)
+
+
+def measure_in_mode(T, mode: str, preset: str) -> dict:
+    import torch
+
     cfg = T.load_config({"PRESET": preset, "COMPILE": "1", "EVAL_COMPILE": mode})
     ctx = T.setup_dist(cfg)
     vocab = 8192
