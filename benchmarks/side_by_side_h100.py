@@ -7,9 +7,9 @@ settings, and writes challenge-format shards: held-out tokens first (the val sha
 on), then --train-tokens of training shards. Then each run trains for the same wall-clock budget:
 `ref` is the record script, unchanged, with FlashAttention-3 replaced by SDPA through the stand-in in
 benchmarks/fa3_standin; every other name is submission/ under PRESET=h100x1 with one of RECIPES (and
-`+KEY=VALUE` overrides), trained in-process through train_gpt.train(). Both score the held-out tokens
-the same way (#1493's eval_val: 2,048-token windows, mean loss) with the raw weights at the last step
-and after an EMA of 0.9 (the record's 0.9965 averages over more steps than these runs take; the
+`+KEY=VALUE` overrides, which `ref` takes too, as environment variables), trained in-process through
+train_gpt.train(). Both score the held-out tokens the same way (#1493's eval_val: 2,048-token windows,
+mean loss) with the raw weights at the last step and after an EMA of 0.9 (the record's 0.9965 averages over more steps than these runs take; the
 record script's EMA score only with --ref-ema, which costs it one more compiled graph).
 Prints both loss curves, step counts, tokens/s before and after looping and the held-out losses, and
 writes runs.json, side_by_side.md and one log per run into --out.
@@ -347,8 +347,8 @@ def run_one(spec: str, args, data: Path, site: str) -> dict:
         env.update(RECIPES[name], PRESET="h100x1", ATTN_BACKEND="sdpa", HOLDOUT_EVERY="0",
                    DATA_PATH=str(data / "datasets" / VARIANT), TOKENIZER_PATH=str(data / "tokenizers" / TOKENIZER),
                    PYTHONPATH=os.pathsep.join(p for p in (str(REPO), site) if p))
-        env.update(kv.split("=", 1) for kv in overrides)
         cmd, stop_at = [sys.executable, str(Path(__file__).resolve()), "--worker"], None
+    env.update(kv.split("=", 1) for kv in overrides)  # e.g. ref+QK_GAIN_INIT=5.0, anchor+TORCHINDUCTOR_…=0
     start = time.perf_counter()
     lines = launch(cmd, env, workdir, args.out / f"{workdir.name}.log", stop_at, args.seconds + args.slack)
     result = {"run": spec, "recipe": recipe, "seed": int(seed), "wall_s": round(time.perf_counter() - start, 1)}
