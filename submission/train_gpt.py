@@ -31,6 +31,7 @@ import brotli
 import numpy as np
 import sentencepiece as spm
 import torch
+import torch._inductor.config as inductor_config
 import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401 -- imported before init_process_group: see teardown()
 import torch.nn as nn
@@ -47,6 +48,14 @@ try:  # FlashAttention 4 (package flash-attn-4): its CuTe kernels, wrapped below
     from flash_attn.cute.interface import _flash_attn_bwd as fa4_backward, _flash_attn_fwd as fa4_forward
 except Exception:  # noqa: BLE001
     fa4_forward = fa4_backward = None
+
+# Inductor 2.10-2.11 fuses a norm's backward with the column sums of the vectors around it (mix-order reduction)
+# without bounding the kernel's loads (pytorch/pytorch#179423, bounded since by mix_order_reduction_max_reads):
+# on this model's blocks that made three kernels of a looped step 125 ms slower than unfused. Off where unbounded,
+# unless TORCHINDUCTOR_MIX_ORDER_REDUCTION says otherwise.
+if not hasattr(inductor_config.triton, "mix_order_reduction_max_reads") and \
+        "TORCHINDUCTOR_MIX_ORDER_REDUCTION" not in os.environ:
+    inductor_config.triton.mix_order_reduction = False
 
 # ----------------------------------------------------------------------------------------------
 # Config and presets
