@@ -190,6 +190,40 @@ def test_fa4_backend_asked_for_where_it_does_not_import_is_a_one_line_error(monk
         T.pick_attention_backend("fa4", torch.device("cpu"))
 
 
+class InductorSettings:
+    """torch._inductor.config.triton of one torch generation: like it, refuses to set a name it lacks."""
+
+    def __init__(self, **names):
+        self.__dict__.update(names)
+
+    def __setattr__(self, name, value):
+        if name not in self.__dict__:
+            raise AttributeError(f"torch._inductor.config.triton.{name} does not exist")
+        self.__dict__[name] = value
+
+
+@pytest.mark.parametrize("names, environ, expected", [
+    ({}, {}, None),  # torch <= 2.9: no mix-order reduction to turn off, and none may be set
+    ({"mix_order_reduction": True}, {}, False),  # 2.10-2.11: unbounded, so off
+    ({"mix_order_reduction": True}, {"TORCHINDUCTOR_MIX_ORDER_REDUCTION": "1"}, True),  # asked for: left on
+    ({"mix_order_reduction": True, "mix_order_reduction_max_reads": 10}, {}, True),  # bounded: left on
+])
+def test_mix_order_reduction_is_turned_off_only_where_inductor_leaves_it_unbounded(names, environ, expected):
+    settings = InductorSettings(**names)
+    T.bound_mix_order_reduction(settings, environ)
+    assert getattr(settings, "mix_order_reduction", None) is expected
+
+
+def test_importing_the_submission_leaves_a_bounded_inductor_as_it_was():
+    import torch._inductor.config as inductor_config
+    if not hasattr(inductor_config.triton, "mix_order_reduction_max_reads"):
+        pytest.skip("this torch's Inductor leaves mix-order reduction unbounded")
+    probe = "import torch._inductor.config as c{}; print(c.triton.mix_order_reduction)"
+    setting = [subprocess.run([sys.executable, "-c", probe.format(extra)], cwd=SUBMISSION, capture_output=True,
+                              text=True, check=True).stdout for extra in ("", "; import train_gpt")]
+    assert setting[0].strip() in ("True", "False") and setting[1] == setting[0]
+
+
 def test_whole_model_agrees_across_attention_backends(tiny):
     torch.manual_seed(0)
     plain = randomized(T.GPT(tiny, 64, "plain"))
