@@ -9,8 +9,9 @@ on), then --train-tokens of training shards. Then each run trains for the same w
 benchmarks/fa3_standin; every other name is submission/ under PRESET=h100x1 with one of RECIPES (and
 `+KEY=VALUE` overrides, which `ref` takes too, as environment variables), trained in-process through
 train_gpt.train(). Both score the held-out tokens the same way (#1493's eval_val: 2,048-token windows,
-mean loss) with the raw weights at the last step and after an EMA of 0.9 (the record's 0.9965 averages over more steps than these runs take; the
-record script's EMA score only with --ref-ema, which costs it one more compiled graph).
+mean loss) with the raw weights at the last step and after an EMA of 0.9 (the record's 0.9965 averages
+over more steps than these runs take; the record script's EMA score only with --ref-ema, which costs it
+one more compiled graph).
 Prints both loss curves, step counts, tokens/s before and after looping and the held-out losses, and
 writes runs.json, side_by_side.md and one log per run into --out.
 Usage: python benchmarks/side_by_side_h100.py --ref RECORD/train_gpt.py --out DIR --seconds 50 \

@@ -215,8 +215,7 @@ def test_mix_order_reduction_is_turned_off_only_where_inductor_leaves_it_unbound
 
 
 def test_importing_the_submission_leaves_a_bounded_inductor_as_it_was():
-    import torch._inductor.config as inductor_config
-    if not hasattr(inductor_config.triton, "mix_order_reduction_max_reads"):
+    if not hasattr(T.inductor_config.triton, "mix_order_reduction_max_reads"):
         pytest.skip("this torch's Inductor leaves mix-order reduction unbounded")
     probe = "import torch._inductor.config as c{}; print(c.triton.mix_order_reduction)"
     setting = [subprocess.run([sys.executable, "-c", probe.format(extra)], cwd=SUBMISSION, capture_output=True,
