@@ -31,7 +31,6 @@ import brotli
 import numpy as np
 import sentencepiece as spm
 import torch
-import torch._inductor.config as inductor_config
 import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401 -- imported before init_process_group: see teardown()
 import torch.nn as nn
@@ -49,19 +48,6 @@ try:  # FlashAttention 4 (package flash-attn-4): its CuTe kernels, wrapped below
 except Exception:  # noqa: BLE001
     fa4_forward = fa4_backward = None
 
-
-def bound_mix_order_reduction(triton_settings, environ) -> None:
-    """Inductor 2.10-2.11 fuses a norm's backward with the column sums of the vectors around it (mix-order
-    reduction) without bounding the kernel's loads (pytorch/pytorch#179423; bounded since by
-    mix_order_reduction_max_reads). On this model that made a looped training step's GPU time 1,145 ms
-    against 1,059 ms unfused (one H200), so it is off there, unless TORCHINDUCTOR_MIX_ORDER_REDUCTION is set.
-    Inductors before 2.10 have no such setting, and setting one they lack would raise."""
-    has, bounded = (hasattr(triton_settings, name) for name in ("mix_order_reduction", "mix_order_reduction_max_reads"))
-    if has and not bounded and "TORCHINDUCTOR_MIX_ORDER_REDUCTION" not in environ:
-        triton_settings.mix_order_reduction = False
-
-
-bound_mix_order_reduction(inductor_config.triton, os.environ)
 
 # ----------------------------------------------------------------------------------------------
 # Config and presets
@@ -617,6 +603,7 @@ class GPT(nn.Module):
         """Compile each block and the head on their own instead of the unrolled network: the blocks share one
         graph per kind (sequential, parallel), so compiling takes about half as long (30-44 s against 76-91 s on
         one H100), for scoring 6% slower."""
+        bound_mix_order_reduction()
         for block in self.blocks:
             block.compile(fullgraph=True, dynamic=False)
         self.logits = torch.compile(self.logits, fullgraph=True, dynamic=False)
@@ -627,8 +614,26 @@ def compiling(cfg: Config, ctx: Dist) -> bool:
     return cfg.compile == "1" or (cfg.compile == "auto" and ctx.cuda)
 
 
+def bound_mix_order_reduction(triton_settings=None, environ=os.environ) -> None:
+    """Inductor 2.10-2.11 fuses a norm's backward with the column sums of the vectors around it (mix-order
+    reduction) without bounding the kernel's loads (pytorch/pytorch#179423; bounded since by
+    mix_order_reduction_max_reads). On this model that made a looped training step's GPU time 1,145 ms
+    against 1,059 ms unfused (one H200), so it is off there, unless TORCHINDUCTOR_MIX_ORDER_REDUCTION is set.
+    Inductors before 2.10 have no such setting, and setting one they lack would raise. Called where a graph is
+    compiled, not at import: loading Inductor's settings loads Inductor (seconds a process that never compiles)."""
+    if triton_settings is None:
+        import torch._inductor.config as inductor_config
+        triton_settings = inductor_config.triton
+    has, bounded = (hasattr(triton_settings, name) for name in ("mix_order_reduction", "mix_order_reduction_max_reads"))
+    if has and not bounded and "TORCHINDUCTOR_MIX_ORDER_REDUCTION" not in environ:
+        triton_settings.mix_order_reduction = False
+
+
 def maybe_compile(fn, cfg: Config, ctx: Dist):
-    return torch.compile(fn, fullgraph=True, dynamic=False) if compiling(cfg, ctx) else fn
+    if not compiling(cfg, ctx):
+        return fn
+    bound_mix_order_reduction()
+    return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
 # ----------------------------------------------------------------------------------------------

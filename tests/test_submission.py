@@ -214,12 +214,20 @@ def test_mix_order_reduction_is_turned_off_only_where_inductor_leaves_it_unbound
     assert getattr(settings, "mix_order_reduction", None) is expected
 
 
-def test_importing_the_submission_leaves_a_bounded_inductor_as_it_was():
-    if not hasattr(T.inductor_config.triton, "mix_order_reduction_max_reads"):
+def test_importing_the_submission_leaves_inductor_unloaded_and_a_bounded_one_as_it_was():
+    """Importing must not load Inductor (seconds of start-up for a process that never compiles); where a graph
+    is compiled, an Inductor that bounds mix-order reduction keeps its own choice."""
+    unloaded = "import sys, train_gpt; print('torch._inductor' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", unloaded], cwd=SUBMISSION, capture_output=True, text=True,
+                            check=True).stdout
+    assert loaded.strip() == "False"
+    import torch._inductor.config as inductor_config
+    if not hasattr(inductor_config.triton, "mix_order_reduction_max_reads"):
         pytest.skip("this torch's Inductor leaves mix-order reduction unbounded")
     probe = "import torch._inductor.config as c{}; print(c.triton.mix_order_reduction)"
     setting = [subprocess.run([sys.executable, "-c", probe.format(extra)], cwd=SUBMISSION, capture_output=True,
-                              text=True, check=True).stdout for extra in ("", "; import train_gpt")]
+                              text=True, check=True).stdout
+               for extra in ("", "; import train_gpt; train_gpt.bound_mix_order_reduction()")]
     assert setting[0].strip() in ("True", "False") and setting[1] == setting[0]
 
 
