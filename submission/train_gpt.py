@@ -45,8 +45,10 @@ except Exception:  # noqa: BLE001 -- any failure to import means: not available
     flash_attn_3 = None
 try:  # FlashAttention 4 (package flash-attn-4): its CuTe kernels, wrapped below as one op torch.compile can trace
     from flash_attn.cute.interface import _flash_attn_bwd as fa4_backward, _flash_attn_fwd as fa4_forward
-except Exception:  # noqa: BLE001
+    FA4_IMPORT_ERROR = ""
+except Exception as exc:  # noqa: BLE001 -- kept, so that asking for fa4 says why it is missing
     fa4_forward = fa4_backward = None
+    FA4_IMPORT_ERROR = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,7 +379,8 @@ def pick_attention_backend(requested: str, device: torch.device) -> str:
     if requested == "fa3" and flash_attn_3 is None:
         raise SystemExit("train_gpt.py: ATTN_BACKEND=fa3 but flash_attn_interface.flash_attn_func is not importable")
     if requested == "fa4" and fa4_forward is None:
-        raise SystemExit("train_gpt.py: ATTN_BACKEND=fa4 but flash_attn.cute (package flash-attn-4) is not importable")
+        raise SystemExit("train_gpt.py: ATTN_BACKEND=fa4 but flash_attn.cute (package flash-attn-4) is not importable: "
+                         + FA4_IMPORT_ERROR)
     if requested not in ("fa3", "fa4", "sdpa", "plain"):
         raise SystemExit(f"train_gpt.py: ATTN_BACKEND={requested!r} is not one of auto, fa3, fa4, sdpa, plain")
     return requested
