@@ -26,10 +26,9 @@ import train_gpt as T  # noqa: E402
 
 try:
     from flash_attn.cute import flash_attn_func as fa4_func
-except Exception as exc:  # not installed, or its CUDA libraries do not load here
-    fa4_func, FA4_MISSING = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-else:
-    FA4_MISSING = ""
+except Exception:  # noqa: BLE001 -- not installed, or its CUDA libraries do not load: train_gpt kept the reason
+    fa4_func = None
+FA4_MISSING = "" if fa4_func else T.FA4_IMPORT_ERROR or "flash_attn.cute imports, but not its flash_attn_func"
 
 
 def timed(step, repeats: int = 20) -> float:
