@@ -39,16 +39,24 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pgolf_events import Events
 
+
+def import_failure(exc: Exception) -> str:
+    """Why an optional kernel package did not import, in one line: the error that asks for it says so."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
+
+
 try:  # the FlashAttention-3 Hopper build; PyPI also has an empty placeholder of this name
     from flash_attn_interface import flash_attn_func as flash_attn_3
-except Exception:  # noqa: BLE001 -- any failure to import means: not available
-    flash_attn_3 = None
+    FA3_IMPORT_ERROR = ""
+except Exception as exc:  # noqa: BLE001 -- any failure to import means: not available
+    flash_attn_3, FA3_IMPORT_ERROR = None, import_failure(exc)
 try:  # FlashAttention 4 (package flash-attn-4): its CuTe kernels, wrapped below as one op torch.compile can trace
     from flash_attn.cute.interface import _flash_attn_bwd as fa4_backward, _flash_attn_fwd as fa4_forward
     FA4_IMPORT_ERROR = ""
-except Exception as exc:  # noqa: BLE001 -- kept, so that asking for fa4 says why it is missing
+except Exception as exc:  # noqa: BLE001
     fa4_forward = fa4_backward = None
-    FA4_IMPORT_ERROR = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    FA4_IMPORT_ERROR = import_failure(exc)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,7 +385,8 @@ def pick_attention_backend(requested: str, device: torch.device) -> str:
             return "fa3" if flash_attn_3 is not None else "sdpa"
         return "plain"
     if requested == "fa3" and flash_attn_3 is None:
-        raise SystemExit("train_gpt.py: ATTN_BACKEND=fa3 but flash_attn_interface.flash_attn_func is not importable")
+        raise SystemExit("train_gpt.py: ATTN_BACKEND=fa3 but flash_attn_interface.flash_attn_func is not importable: "
+                         + FA3_IMPORT_ERROR)
     if requested == "fa4" and fa4_forward is None:
         raise SystemExit("train_gpt.py: ATTN_BACKEND=fa4 but flash_attn.cute (package flash-attn-4) is not importable: "
                          + FA4_IMPORT_ERROR)

@@ -184,16 +184,19 @@ def test_fa4_op_gives_the_plain_attention_and_its_gradients_and_passes_the_deter
     assert exact.deterministic_seen == [False, True]
 
 
-def test_fa4_backend_asked_for_where_it_does_not_import_is_a_one_line_error_that_says_why():
-    # the real import state of this machine, which has no flash-attn-4: the reason must reach the user
+@pytest.mark.parametrize("backend, available, module", [("fa3", "flash_attn_3", "flash_attn_interface"),
+                                                          ("fa4", "fa4_forward", "flash_attn")])
+def test_flash_backend_asked_for_where_it_does_not_import_is_a_one_line_error_that_says_why(backend, available,
+                                                                                             module):
+    # the real import state of this machine, which has neither package: the reason must reach the user
     # (on the H100 a PYTHONPATH without the package's folder was told apart from a broken build only by it)
-    if T.fa4_forward is not None:
-        pytest.skip("flash-attn-4 imports here")
+    if getattr(T, available) is not None:
+        pytest.skip(f"{module} imports here")
     with pytest.raises(SystemExit) as err:
-        T.pick_attention_backend("fa4", torch.device("cpu"))
+        T.pick_attention_backend(backend, torch.device("cpu"))
     message = str(err.value)
-    assert "ATTN_BACKEND=fa4 but flash_attn.cute" in message and "\n" not in message
-    assert message.endswith("ModuleNotFoundError: No module named 'flash_attn'")
+    assert f"ATTN_BACKEND={backend} but " in message and "\n" not in message
+    assert message.endswith(f"ModuleNotFoundError: No module named '{module}'")
 
 
 class InductorSettings:
